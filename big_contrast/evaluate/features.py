@@ -1,0 +1,24 @@
+"""Frozen-feature extraction, sharded over the mesh like training."""
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from big_contrast import sharding
+import input_pipeline
+
+
+def extract(features_fn, source, mesh, batch_size):
+  """Runs `features_fn(images)` (already jitted) over one full pass of `source`.
+
+  Returns (features, labels) as numpy arrays holding the whole split, on every
+  process, with the padding of the last batch removed.
+  """
+  feats, labels = [], []
+  for local in input_pipeline.eval_batches(source, batch_size, jax.process_index(),
+                                           jax.process_count()):
+    batch = sharding.global_batch(local, mesh)
+    out = features_fn(batch["image"])
+    f, y, m = multihost_utils.process_allgather((out, batch["label"], batch["mask"]), tiled=True)
+    feats.append(np.asarray(f)[np.asarray(m)])
+    labels.append(np.asarray(y)[np.asarray(m)])
+  return np.concatenate(feats), np.concatenate(labels)

@@ -1,0 +1,30 @@
+"""Weighted k-NN classification on frozen features."""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))
+def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20, temperature=0.07,
+                 chunk=256):
+  """Top-1 of cosine k-NN with temperature-weighted votes.
+
+  As in InstDisc (Wu et al. 2018) and DINO (Caron et al. 2021): each of the k
+  nearest training features votes for its class with weight exp(s/τ), where s
+  is its cosine similarity to the query.
+  """
+  l2n = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+  train_x, test_x = l2n(train_x.astype(jnp.float32)), l2n(test_x.astype(jnp.float32))
+  k = min(k, train_x.shape[0])
+  n = test_x.shape[0]
+  pad = (-n) % chunk
+  queries = jnp.pad(test_x, ((0, pad), (0, 0))).reshape(-1, chunk, test_x.shape[1])
+
+  def predict(q):  # chunks bound the [chunk, N_train] similarity matrix.
+    sim, idx = jax.lax.top_k(q @ train_x.T, k)
+    votes = jax.nn.one_hot(train_y[idx], num_classes) * jnp.exp(sim / temperature)[..., None]
+    return jnp.argmax(votes.sum(1), -1)
+
+  pred = jax.lax.map(predict, queries).reshape(-1)[:n]
+  return jnp.mean(pred == test_y)

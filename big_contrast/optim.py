@@ -1,0 +1,55 @@
+"""Optax optimizer by name, warmup + cosine schedule, weight-decay mask."""
+import jax
+import optax
+
+OPTIMIZERS = ("adamw", "lion", "lars", "sgd")
+
+
+def check(cfg):
+  """Validates config.optimizer before anything is built or compiled."""
+  if cfg.name not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name={cfg.name!r} is unknown; choose one of {OPTIMIZERS}.")
+
+
+def decay_mask(params):
+  """Decay weight matrices and kernels only: no decay on biases or norm scales/offsets."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def peak_lr(cfg, batch_size: int) -> float:
+  """`lr` is per 256 examples when `lr_batch_scale` is set (the linear scaling rule)."""
+  return cfg.lr * (batch_size / cfg.lr_batch_scale if cfg.get("lr_batch_scale") else 1.0)
+
+
+def schedule(cfg, batch_size: int, total_steps: int, warmup_steps: int):
+  """Linear warmup from 0 to the peak, then cosine decay to `min_lr_ratio` × peak."""
+  peak = peak_lr(cfg, batch_size)
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1),
+      end_value=peak * cfg.get("min_lr_ratio", 0.0))
+
+
+def make(cfg, batch_size: int, total_steps: int, warmup_steps: int):
+  """Returns (optax transformation, learning-rate schedule)."""
+  check(cfg)
+  lr = schedule(cfg, batch_size, total_steps, warmup_steps)
+  wd = cfg.get("weight_decay", 0.0)
+  if cfg.name == "adamw":
+    tx = optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
+                     weight_decay=wd, mask=decay_mask)
+  elif cfg.name == "lion":
+    tx = optax.lion(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.99), weight_decay=wd,
+                    mask=decay_mask)
+  elif cfg.name == "lars":
+    # As in SimCLR: biases and BN parameters get neither decay nor trust-ratio scaling.
+    tx = optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask,
+                    trust_coefficient=cfg.get("trust_coefficient", 0.001),
+                    trust_ratio_mask=decay_mask, momentum=cfg.get("momentum", 0.9))
+  else:
+    tx = optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                     optax.sgd(lr, momentum=cfg.get("momentum", 0.9) or None,
+                               nesterov=cfg.get("nesterov", False)))
+  if cfg.get("grad_clip_norm"):
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  return tx, lr

@@ -1,0 +1,141 @@
+"""THE training loop: train_and_evaluate(config, workdir). Nothing else trains.
+
+It knows nothing about any method: a Method (methods/base.py) turns a batch
+into a loss; this file shards, steps, logs, evaluates and checkpoints.
+"""
+import functools
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import optax
+
+from big_contrast import checkpoint
+from big_contrast import evaluate
+from big_contrast import methods
+from big_contrast import metrics
+from big_contrast import optim
+from big_contrast import sharding
+import input_pipeline
+
+
+def _train_step(method, tx, ts, batch):
+  # The step's randomness depends only on (seed, step): resuming is exact.
+  rng = jax.random.fold_in(ts["rng"], ts["step"])
+
+  def loss_fn(params):
+    return method.loss(params, ts["state"], batch, rng)
+
+  (loss, (state, step_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts["params"])
+  updates, opt_state = tx.update(grads, ts["opt_state"], ts["params"])
+  params = optax.apply_updates(ts["params"], updates)
+  state = method.after_update(params, state, ts["step"])
+  step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return dict(ts, step=ts["step"] + 1, params=params, state=state, opt_state=opt_state), step_metrics
+
+
+def _schedule_steps(config, train_size):
+  steps_per_epoch = max(train_size // config.batch_size, 1)
+  total = config.get("total_steps") or int(round(config.num_epochs * steps_per_epoch))
+  warmup = int(round(config.optimizer.get("warmup_epochs", 0) * steps_per_epoch))
+  return total, warmup
+
+
+def evaluate_features(method, ts, sources, num_classes, mesh, config) -> dict:
+  """k-NN and linear-probe top-1 of the frozen backbone on the test split."""
+  ev = config.eval
+  batch_size = ev.get("batch_size") or config.batch_size
+  features_fn = jax.jit(functools.partial(method.features, ts["params"], ts["state"]),
+                        out_shardings=sharding.batch_sharding(mesh))
+  train_x, train_y = evaluate.extract(features_fn, sources[0], mesh, batch_size)
+  test_x, test_y = evaluate.extract(features_fn, sources[1], mesh, batch_size)
+  knn = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=num_classes,
+                              k=ev.knn_k, temperature=ev.knn_temperature)
+  probe = evaluate.linear_probe_accuracy(
+      train_x, train_y, test_x, test_y, jax.random.PRNGKey(0), num_classes=num_classes,
+      epochs=ev.probe_epochs, batch_size=ev.probe_batch_size, lr=ev.probe_lr,
+      weight_decay=ev.probe_weight_decay)
+  return {"eval/knn_top1": float(knn), "eval/linear_probe_top1": float(probe)}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config.method`, evaluating and checkpointing in `workdir`; returns final metrics."""
+  start_time = time.time()
+  # Everything that can be wrong with the config fails here, before any compile.
+  optim.check(config.optimizer)
+  method = methods.get(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_size(config.batch_size, mesh)
+  if config.eval.get("batch_size"):
+    sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+  train_src, test_src, num_classes = input_pipeline.get_sources(config.data)
+  total_steps, warmup_steps = _schedule_steps(config, len(train_src))
+  tx, lr_fn = optim.make(config.optimizer, config.batch_size, total_steps, warmup_steps)
+  batches = input_pipeline.train_batches(
+      train_src, config.batch_size, config.seed, jax.process_index(), jax.process_count(),
+      num_workers=config.data.get("num_workers", 0))
+
+  example = batches[0]["image"][:2]
+
+  def init(rng):
+    params, state = method.init(rng, example)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, state=state,
+                opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed + 1))
+
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+  state_sharding = sharding.param_shardings(abstract, mesh, config.get("sharding_rules", ()))
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
+  ts = ckpt.restore_latest(checkpoint.abstract_like(abstract, state_sharding))
+  if ts is None:
+    ts = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+  else:
+    logging.info("Resumed from %s at step %d.", ckpt.directory, int(ts["step"]))
+  step = int(ts["step"])
+
+  train_step = jax.jit(functools.partial(_train_step, method, tx),
+                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                       out_shardings=(state_sharding, sharding.replicated(mesh)),
+                       donate_argnums=0)
+  logger = metrics.MetricLogger(workdir, total_steps)
+  sources = (train_src, test_src)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
+  logging.info("%s: %d steps of global batch %d on mesh %s, %.2fM parameters.", config.method,
+               total_steps, config.batch_size, dict(mesh.shape), n_params / 1e6)
+
+  results = {}
+  if step == 0 and config.eval.get("at_start"):
+    results["init"] = evaluate_features(method, ts, sources, num_classes, mesh, config)
+    logger.write(0, {k.replace("eval/", "eval_init/"): v for k, v in results["init"].items()})
+    logging.info("Random-init evaluation: %s", results["init"])
+
+  history = []
+  logger.restart_clock(step)
+  batch_iter = batches.iterate(step) if step < total_steps else iter(())
+  for local_batch in batch_iter:
+    ts, step_metrics = train_step(ts, sharding.global_batch(local_batch, mesh))
+    history.append(step_metrics)
+    step += 1
+    last = step == total_steps
+    if step % config.log_every_steps == 0 or last:
+      logger.progress(step, {**metrics.average(history), "lr": float(lr_fn(step - 1))},
+                      config.batch_size)
+      history = []
+    if (config.eval.every_steps and step % config.eval.every_steps == 0) or last:
+      results["final"] = evaluate_features(method, ts, sources, num_classes, mesh, config)
+      logger.write(step, results["final"])
+      logging.info("Evaluation at step %d: %s", step, results["final"])
+      logger.restart_clock(step)
+    ckpt.maybe_save(step, ts, force=last)
+    if last:
+      break
+  getattr(batch_iter, "close", lambda: None)()  # Stops grain's worker processes.
+  if "final" not in results:  # Nothing left to train: the run had already finished.
+    results["final"] = evaluate_features(method, ts, sources, num_classes, mesh, config)
+  logger.close()
+  ckpt.close()
+  results.update(step=step, wall_time_s=time.time() - start_time,
+                 checkpoint_dir=ckpt.directory, metrics_file=logger.jsonl_path,
+                 tensorboard_dir=logger.tb_dir, train_state=ts)
+  return results

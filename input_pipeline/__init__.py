@@ -1,0 +1,5 @@
+"""Host-side input: data sources and grain pipelines of uint8 image batches."""
+
+from input_pipeline.pipeline import eval_batches, get_sources, train_batches
+
+__all__ = ["eval_batches", "get_sources", "train_batches"]

@@ -1,0 +1,119 @@
+"""Grain pipelines: seeded, resumable training batches and padded eval passes.
+
+A training batch is a pure function of (seed, step). The examples form an
+infinite stream of epochs, each a fresh seeded permutation of the source; the
+global batch at step s is stream positions [s*B, (s+1)*B). Epochs run back to
+back and nothing is dropped, so a batch may straddle two epochs while every
+example is still seen exactly once per epoch. Process p of P receives rows
+[p*b, (p+1)*b), b = B/P, of that global batch and reads only those: the global
+batch does not depend on P, and a checkpoint needs only the step to resume.
+"""
+
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from absl import flags
+
+from input_pipeline import digits, tfds_source
+
+Batch = dict[str, np.ndarray]
+Source = Sequence[dict[str, Any]]  # Random access: len() and [i].
+DATASETS = ("digits", "tfds")
+
+# Each element is a whole batch: a few in flight overlap host decoding with
+# the device step without holding many batches of large images in memory.
+_READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
+
+
+def get_sources(data_cfg: ml_collections.ConfigDict) -> tuple[Source, Source, int]:
+  """Returns (train_source, test_source, num_classes) named by `data_cfg`.
+
+  'digits' is the embedded default (uses only `image_size`); 'tfds' reads
+  `tfds_name` splits `train_split`/`test_split` prepared in `data_dir`.
+  """
+  if data_cfg.name == "digits":
+    return (digits.source("train", data_cfg.image_size),
+            digits.source("test", data_cfg.image_size), digits.NUM_CLASSES)
+  if data_cfg.name == "tfds":
+    train, test = (
+        tfds_source.TfdsSource(data_cfg.tfds_name, split, data_cfg.image_size,
+                               data_cfg.data_dir)
+        for split in (data_cfg.train_split, data_cfg.test_split))
+    return train, test, train.num_classes
+  raise ValueError(f"Unknown config.data.name={data_cfg.name!r}; "
+                   f"choose one of {DATASETS}.")
+
+
+def _process_batches(examples: grain.MapDataset, global_batch_size: int,
+                     process_index: int, process_count: int) -> grain.MapDataset:
+  """This process's local batches: rows [p*b, (p+1)*b) of every global batch."""
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"config.batch_size={global_batch_size} is not divisible by the "
+        f"process count {process_count}.")
+  # Global batch s is local batches s*P ... s*P+P-1 in order, so process p
+  # takes every P-th batch starting at p.
+  return examples.batch(global_batch_size // process_count)[
+      process_index::process_count]
+
+
+class TrainBatches:
+  """Local training batches indexed by step; see the module docstring."""
+
+  def __init__(self, batches: grain.MapDataset, num_workers: int):
+    self._batches = batches
+    self._num_workers = num_workers
+
+  def __getitem__(self, step: int) -> Batch:
+    return self._batches[step]
+
+  def iterate(self, start_step: int = 0) -> Iterator[Batch]:
+    """Batches of steps start_step, start_step + 1, ... prefetched."""
+    batches = self._batches[start_step:].to_iter_dataset(_READ_OPTIONS)
+    if self._num_workers:
+      # Grain workers read absl flags, which raise if never parsed (as when
+      # the library runs outside absl.app, e.g. under pytest).
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+      batches = batches.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=self._num_workers))
+    return iter(batches)
+
+
+def train_batches(source: Source, global_batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1,
+                  num_workers: int = 0) -> TrainBatches:
+  """Shuffled, endlessly repeated local batches of dict(image, label)."""
+  # repeat() after shuffle() reshuffles every epoch with a seed derived from
+  # (seed, epoch).
+  epochs = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  return TrainBatches(
+      _process_batches(epochs, global_batch_size, process_index, process_count),
+      num_workers)
+
+
+def _masked_example(source: Source, padding: dict[str, np.ndarray],
+                    index: int) -> dict[str, Any]:
+  if index < len(source):
+    return {**source[index], "mask": np.True_}
+  return {**padding, "mask": np.False_}
+
+
+def eval_batches(source: Source, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Batch]:
+  """One pass in order: local batches of dict(image, label, mask).
+
+  The pass is padded to a multiple of `global_batch_size` so that every
+  process runs the same number of equally shaped steps; padding rows are
+  zeros with mask=False.
+  """
+  num_batches = -(-len(source) // global_batch_size)
+  padding = {k: np.zeros_like(v) for k, v in source[0].items()}
+  examples = grain.MapDataset.range(num_batches * global_batch_size).map(
+      functools.partial(_masked_example, source, padding))
+  return iter(_process_batches(examples, global_batch_size, process_index,
+                               process_count).to_iter_dataset(_READ_OPTIONS))

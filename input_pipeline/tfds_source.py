@@ -1,0 +1,42 @@
+"""Image classification datasets prepared by tensorflow-datasets (array_record).
+
+`tfds.data_source` gives random access to array_record files without
+TensorFlow. It parses records with its own protos; `tfds.features.Image` is
+decoded by OpenCV or, failing that, Pillow, so real image datasets need one of
+them (`pip install big_contrast[data]` installs Pillow). Preparing a dataset
+is a separate step that does need TensorFlow to encode images:
+`tfds build NAME --file_format=array_record`.
+"""
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline import resize
+
+
+class TfdsSource:
+  """Random-access source: i -> dict(image=uint8 [S, S, 3], label=int32).
+
+  Every image is brought to one fixed size here (short-side resize + centre
+  crop) so that batches stack; random crops happen on the device.
+  """
+
+  def __init__(self, name: str, split: str, image_size: int,
+               data_dir: str | None = None):
+    # download=False: a missing dataset fails at once instead of trying
+    # (and, offline, hanging on) a download.
+    self._records = tfds.data_source(
+        name, split=split, data_dir=data_dir, download=False)
+    self.num_classes = (
+        self._records.dataset_info.features["label"].num_classes)
+    self.image_size = image_size
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    record = self._records[index]
+    return {
+        "image": resize.center_square_resize(record["image"], self.image_size),
+        "label": np.int32(record["label"]),
+    }

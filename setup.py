@@ -1,0 +1,32 @@
+"""big_contrast: contrastive pretraining in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="big_contrast",
+    version="0.1.0",
+    description="Contrastive pretraining (SimCLR, MoCo, SwAV, CLIP, SigLIP, ...) in JAX/Flax.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["big_contrast*", "configs*", "input_pipeline*",
+                                               "tools*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9.8",
+        "ml_collections>=1.0",
+        "clu>=0.0.12",
+        "absl-py",
+        "numpy",
+        "scikit-learn",   # the embedded digits dataset ships with it
+        "tensorboardX",   # TensorBoard events without TensorFlow
+    ],
+    extras_require={
+        # tfds decodes Image features with Pillow (or OpenCV) when reading without TensorFlow.
+        "data": ["pillow"],
+        "test": ["pytest>=8", "pillow"],
+    },
+)

@@ -1,0 +1,55 @@
+"""Optimizers by name, schedule shape, weight-decay mask and clipping."""
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from big_contrast import optim
+
+
+def _cfg(**kw):
+  return ml_collections.ConfigDict(dict(dict(name="adamw", lr=0.1, lr_batch_scale=0,
+                                             weight_decay=0.5, momentum=0.9,
+                                             grad_clip_norm=0.0), **kw))
+
+
+def test_warmup_then_cosine_with_batch_scaling():
+  lr = optim.schedule(_cfg(lr=0.3, lr_batch_scale=256), batch_size=512, total_steps=110,
+                      warmup_steps=10)
+  peak = 0.3 * 512 / 256
+  np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(60), lr(110)],
+                             [0, peak / 2, peak, peak / 2, 0], atol=1e-6)
+
+
+def test_decay_mask_skips_biases_and_norm_parameters():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 1, 2))}, "norm": {"scale": jnp.ones(2)},
+            "dense": {"bias": jnp.ones(2)}}
+  assert optim.decay_mask(params) == {"conv": {"kernel": True}, "norm": {"scale": False},
+                                      "dense": {"bias": False}}
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_each_optimizer_decays_kernels_but_not_biases(name):
+  """With zero gradients only weight decay moves parameters: kernels shrink, biases stay."""
+  tx, _ = optim.make(_cfg(name=name), batch_size=256, total_steps=10, warmup_steps=0)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+  state = tx.init(params)
+  zeros = {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}
+  updates, _ = tx.update(zeros, state, params)
+  new = optax.apply_updates(params, updates)
+  assert float(new["kernel"][0, 0]) < 1.0
+  np.testing.assert_array_equal(new["bias"], params["bias"])
+
+
+def test_gradient_clipping():
+  tx, _ = optim.make(_cfg(name="sgd", momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0),
+                     batch_size=256, total_steps=3, warmup_steps=0)
+  params = {"w": jnp.zeros(4)}
+  updates, _ = tx.update({"w": jnp.full(4, 100.0)}, tx.init(params), params)
+  np.testing.assert_allclose(jnp.linalg.norm(updates["w"]), 0.1, rtol=1e-5)  # lr × 1.0
+
+
+def test_unknown_optimizer_is_named():
+  with pytest.raises(ValueError, match=r"config.optimizer.name='adam'.*adamw"):
+    optim.check(_cfg(name="adam"))
