@@ -27,6 +27,7 @@ class MetricLogger:
   def __init__(self, workdir: str, total_steps: int):
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
+    workdir = os.path.abspath(workdir)
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.tb_dir = os.path.join(workdir, "tensorboard")
     if self.active:

@@ -110,13 +110,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logger.write(0, {k.replace("eval/", "eval_init/"): v for k, v in results["init"].items()})
     logging.info("Random-init evaluation: %s", results["init"])
 
-  history = []
-  logger.restart_clock(step)
+  history, compiled = [], False
   batch_iter = batches.iterate(step) if step < total_steps else iter(())
   for local_batch in batch_iter:
     ts, step_metrics = train_step(ts, sharding.global_batch(local_batch, mesh))
     history.append(step_metrics)
     step += 1
+    if not compiled:  # Keep compile time out of the first img/s and ETA.
+      compiled = jax.block_until_ready(ts["step"]) is not None
+      logger.restart_clock(step)
     last = step == total_steps
     if step % config.log_every_steps == 0 or last:
       logger.progress(step, {**metrics.average(history), "lr": float(lr_fn(step - 1))},
