@@ -24,7 +24,7 @@ def average(history: list[dict]) -> dict:
 class MetricLogger:
   """Writes each logged step to stdout, `metrics.jsonl` and TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0):
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
@@ -32,10 +32,20 @@ class MetricLogger:
     self.tb_dir = os.path.join(workdir, "tensorboard")
     if self.active:
       os.makedirs(workdir, exist_ok=True)
+      self._drop_rows_after(resume_step)
       self._jsonl = open(self.jsonl_path, "a")
       self._tb = tensorboardX.SummaryWriter(self.tb_dir)
     self._t0 = self._tick = time.time()
     self._tick_step = None
+
+  def _drop_rows_after(self, step: int):
+    """Removes rows logged after `step`: on resume they are about to be logged again."""
+    if not os.path.exists(self.jsonl_path):
+      return
+    with open(self.jsonl_path) as f:
+      rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(self.jsonl_path, "w") as f:
+      f.writelines(rows)
 
   def write(self, step: int, values: dict):
     if not self.active:

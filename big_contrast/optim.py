@@ -1,6 +1,10 @@
-"""Optax optimizer by name, warmup + cosine schedule, weight-decay mask."""
+"""Optax optimizer by name, warmup + cosine schedule, weight-decay mask, frozen parameters."""
+import re
+
 import jax
 import optax
+
+from big_contrast import sharding
 
 OPTIMIZERS = ("adamw", "lion", "lars", "sgd")
 
@@ -14,6 +18,13 @@ def check(cfg):
 def decay_mask(params):
   """Decay weight matrices and kernels only: no decay on biases or norm scales/offsets."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def frozen_labels(params, patterns):
+  """'frozen' for parameters whose '/'-joined path fully matches one of `patterns`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if any(re.fullmatch(p, sharding.path_name(path)) for p in patterns)
+      else "trained", params)
 
 
 def peak_lr(cfg, batch_size: int) -> float:
@@ -52,4 +63,8 @@ def make(cfg, batch_size: int, total_steps: int, warmup_steps: int):
                                nesterov=cfg.get("nesterov", False)))
   if cfg.get("grad_clip_norm"):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  if cfg.get("frozen"):
+    # Frozen parameters get zero updates and carry no optimizer state.
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                               lambda params: frozen_labels(params, cfg.frozen))
   return tx, lr

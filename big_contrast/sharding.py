@@ -62,8 +62,10 @@ def check_batch_size(batch_size: int, mesh, key: str = "config.batch_size"):
                      f"{math.lcm(n, hosts)}.")
 
 
-def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+def path_name(path) -> str:
+  """A pytree path as "a/b/c", the names regex rules match against."""
+  names = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+  return "/".join(str(n) for n in names)
 
 
 def param_shardings(tree, mesh, rules=(), min_size: int = 2**14):
@@ -74,7 +76,7 @@ def param_shardings(tree, mesh, rules=(), min_size: int = 2**14):
   do not divide by the named axes, or matching no rule are replicated.
   """
   def spec(path, leaf):
-    name = _path_name(path)
+    name = path_name(path)
     shape = getattr(leaf, "shape", ())
     if math.prod(shape) < min_size:
       return NamedSharding(mesh, P())

@@ -10,6 +10,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "simclr"
+  c.num_views = 2              # Large views per image.
+  # SwAV's multi-crop: extra small views of every image (0: none).
+  c.multicrop = ml_collections.ConfigDict(dict(num_small=0, crop_size=96,
+                                               crop_scale=(0.05, 0.14)))
   c.seed = 0
   c.batch_size = 256
   c.num_epochs = 100.0
@@ -29,16 +33,53 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=50, width=64, stem="imagenet", dtype="float32",
-      head_hidden_dims=(2048,), head_dim=128))
-  c.loss = ml_collections.ConfigDict(dict(temperature=0.1))
+      head_hidden_dims=(2048,), head_dim=128, head_bn=True, head_last_bn=False,
+      predictor_hidden_dims=(4096,)))
+  # InfoNCE family: positives "instance" (SimCLR) or "label" (SupCon); decoupled (DCL);
+  # objective: the poly-view objective (method poly_view).
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.1, positives="instance",
+                                          decoupled=False, objective="geometric"))
+
+  # Method sections; each method reads only its own.
+  c.moco = ml_collections.ConfigDict(dict(
+      momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True, symmetric=True))
+  c.swav = ml_collections.ConfigDict(dict(
+      num_prototypes=3000, epsilon=0.05, sinkhorn_iterations=3, queue_size=0,
+      queue_start_epoch=15.0, freeze_prototypes_epochs=1.0))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="lars", lr=0.3, lr_batch_scale=256, weight_decay=1e-6, momentum=0.9,
-      warmup_epochs=10.0, min_lr_ratio=0.0, grad_clip_norm=0.0))
+      warmup_epochs=10.0, min_lr_ratio=0.0, grad_clip_norm=0.0,
+      frozen=()))             # Regexes of parameter paths that get no updates.
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
   c.eval = ml_collections.ConfigDict(dict(
       every_steps=0, at_start=False, batch_size=0,   # 0: use config.batch_size
       knn_k=20, knn_temperature=0.07,
       probe_epochs=90, probe_batch_size=1024, probe_lr=1e-2, probe_weight_decay=1e-4))
+  return c
+
+
+def digits_config() -> ml_collections.ConfigDict:
+  """What every *_digits recipe shares: data, a small ResNet-18, AdamW, evaluation.
+
+  Sized to finish in about 3 minutes on a 2-core CPU.
+  """
+  c = base_config()
+  c.batch_size = 256
+  c.num_epochs = 30.0
+  c.log_every_steps = 10
+  c.data.image_size = 16
+  c.data.mean, c.data.std = (0.5,) * 3, (0.5,) * 3
+  c.augment.crop_size = 16
+  c.augment.crop_scale = (0.3, 1.0)    # Digits are tiny; 8% crops erase the glyph.
+  c.augment.flip_prob = 0.0            # Mirrored digits are other glyphs (2/5, 3/E).
+  c.multicrop.update(crop_size=8, crop_scale=(0.1, 0.3))
+  c.model.update(depth=18, width=16, stem="cifar", head_hidden_dims=(256,), head_dim=64,
+                 predictor_hidden_dims=(256,))
+  c.loss.temperature = 0.2
+  c.optimizer.update(name="adamw", lr=2e-3, lr_batch_scale=0, weight_decay=1e-4,
+                     warmup_epochs=2.0)
+  c.checkpoint.every_steps = 50
+  c.eval.update(at_start=True, every_steps=0, probe_epochs=100, probe_batch_size=256)
   return c

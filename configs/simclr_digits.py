@@ -14,20 +14,4 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.base_config()
-  c.batch_size = 256
-  c.num_epochs = 30.0
-  c.log_every_steps = 10
-  c.data.image_size = 16
-  c.data.mean, c.data.std = (0.5,) * 3, (0.5,) * 3
-  c.augment.crop_size = 16
-  c.augment.crop_scale = (0.3, 1.0)    # Digits are tiny; 8% crops erase the glyph.
-  c.augment.flip_prob = 0.0            # Mirrored digits are other glyphs (2/5, 3/E).
-  c.model.depth, c.model.width, c.model.stem = 18, 16, "cifar"
-  c.model.head_hidden_dims, c.model.head_dim = (256,), 64
-  c.loss.temperature = 0.2
-  c.optimizer.update(name="adamw", lr=2e-3, lr_batch_scale=0, weight_decay=1e-4,
-                     warmup_epochs=2.0)
-  c.checkpoint.every_steps = 50
-  c.eval.update(at_start=True, every_steps=0, probe_epochs=100, probe_batch_size=256)
-  return c
+  return common.digits_config()

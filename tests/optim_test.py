@@ -1,4 +1,5 @@
 """Optimizers by name, schedule shape, weight-decay mask and clipping."""
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -53,3 +54,29 @@ def test_gradient_clipping():
 def test_unknown_optimizer_is_named():
   with pytest.raises(ValueError, match=r"config.optimizer.name='adam'.*adamw"):
     optim.check(_cfg(name="adam"))
+
+
+def test_frozen_parameters_do_not_move_and_have_no_optimizer_state():
+  tx, _ = optim.make(_cfg(name="adamw", frozen=(r"backbone/.*",)), batch_size=256,
+                     total_steps=10, warmup_steps=0)
+  params = {"backbone": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["backbone"]["kernel"], 1.0)
+  assert float(new["head"]["kernel"][0, 0]) < 1.0
+  n_state = sum(x.size for x in jax.tree.leaves(state))
+  assert n_state < 2 * 4 + 4, n_state   # Adam moments for the head only (+ counters).
+
+
+def test_lars_scales_kernels_by_trust_ratio_but_not_biases():
+  """First LARS step: kernel update = lr·η·‖w‖/‖g‖·g, bias update = lr·g (no trust ratio)."""
+  tx, _ = optim.make(_cfg(name="lars", weight_decay=0.0, trust_coefficient=0.001), batch_size=256,
+                     total_steps=10, warmup_steps=0)
+  params = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.full(2, 3.0)}
+  grads = {"kernel": jnp.full((2, 2), 0.5), "bias": jnp.full(2, 0.5)}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  trust = 0.001 * 6.0 / 1.0    # η‖w‖/‖g‖ with ‖w‖ = 6, ‖g‖ = 1.
+  np.testing.assert_allclose(updates["kernel"], -0.1 * trust * 0.5, rtol=1e-5)
+  np.testing.assert_allclose(updates["bias"], -0.1 * 0.5, rtol=1e-5)

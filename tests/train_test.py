@@ -10,27 +10,7 @@ import numpy as np
 import pytest
 
 from big_contrast import train
-from configs import simclr_digits
-
-
-def tiny_config(**overrides):
-  c = simclr_digits.get_config()
-  c.batch_size = 16
-  c.total_steps = 4
-  c.log_every_steps = 1
-  c.data.image_size = c.augment.crop_size = 8
-  c.model.width = 4
-  c.model.head_hidden_dims, c.model.head_dim = (16,), 8
-  c.optimizer.warmup_epochs = 0.0
-  c.checkpoint.every_steps = 2
-  c.eval.update(at_start=False, batch_size=64, probe_epochs=2, probe_batch_size=64)
-  for k, v in overrides.items():
-    target = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = v
-  return c
+from conftest import tiny_config
 
 
 def _read_jsonl(path):

@@ -1,10 +1,20 @@
 """The one abstraction the training loop knows: a Method of pure functions."""
 import abc
+import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from big_contrast import augment
+from big_contrast import models
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """What a method may need to know about the run's length."""
+  total_steps: int
+  steps_per_epoch: int
 
 
 class Method(abc.ABC):
@@ -13,28 +23,52 @@ class Method(abc.ABC):
   init(rng, images) -> (params, state): `params` are trained by optax, `state`
     is everything else that persists (BatchNorm statistics, queues, EMA
     encoders) and is checkpointed like params.
-  loss(params, state, batch, rng) -> (loss, (new_state, metrics)).
-  after_update(params, state, step) -> state: momentum/EMA updates.
+  loss(params, state, batch, rng, step) -> (loss, (new_state, metrics)).
+  after_update(params, state, step) -> (params, state): applied after the
+    optimizer step (momentum encoders, prototype normalisation).
   features(params, state, images) -> [B, D] frozen features for evaluation.
   """
 
-  def __init__(self, config):
+  def __init__(self, config, schedule: Schedule):
     self.config = config
+    self.schedule = schedule
     self.mean = jnp.asarray(config.data.mean, jnp.float32)
     self.std = jnp.asarray(config.data.std, jnp.float32)
 
   def normalize(self, x):
     return (x - self.mean) / self.std
 
-  def view(self, rng, images, aug_cfg=None):
-    """One randomly augmented, normalised view of a uint8 batch."""
-    return self.normalize(augment.augment_batch(rng, images, aug_cfg or self.config.augment))
+  def views(self, rng, images):
+    """`config.num_views` large views, then `config.multicrop.num_small` small ones.
+
+    Small crops use the same augmentation at `multicrop.crop_size` with
+    `multicrop.crop_scale` (SwAV's multi-crop). Each is [B, S, S, C], normalised.
+    """
+    mc = self.config.get("multicrop", None)
+    num_small = mc.num_small if mc else 0
+    keys = jax.random.split(rng, self.config.num_views + num_small)
+    large = [augment.augment_batch(k, images, self.config.augment)
+             for k in keys[:self.config.num_views]]
+    small = []
+    if num_small:
+      small_cfg = self.config.augment.copy_and_resolve_references()
+      small_cfg.update(crop_size=mc.crop_size, crop_scale=tuple(mc.crop_scale))
+      small = [augment.augment_batch(k, images, small_cfg) for k in keys[self.config.num_views:]]
+    return [self.normalize(v) for v in large], [self.normalize(v) for v in small]
 
   def eval_view(self, images):
-    """The deterministic evaluation view: the full image at the training crop size."""
+    """The deterministic evaluation view at the training crop size.
+
+    Larger images are centre-cropped (the host resized them to `data.image_size`,
+    e.g. 256 -> crop 224, the usual ImageNet protocol); smaller ones are resized.
+    """
     size = self.config.augment.crop_size
     x = images.astype(jnp.float32) / 255.0
-    if x.shape[1:3] != (size, size):
+    h, w = x.shape[1:3]
+    if h >= size and w >= size:
+      top, left = (h - size) // 2, (w - size) // 2
+      x = x[:, top:top + size, left:left + size]
+    else:
       x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear", antialias=True)
     return self.normalize(x)
 
@@ -43,12 +77,65 @@ class Method(abc.ABC):
     """See the class docstring."""
 
   @abc.abstractmethod
-  def loss(self, params, state, batch, rng):
+  def loss(self, params, state, batch, rng, step):
     """See the class docstring."""
 
   def after_update(self, params, state, step):
-    return state
+    return params, state
 
   @abc.abstractmethod
   def features(self, params, state, images):
     """See the class docstring."""
+
+
+class Encoder(nn.Module):
+  """Backbone f(·), projector g(·) and an optional predictor q(·) (MoCo v3, BYOL).
+
+  Returns (h, z) where z = q(g(h)) when `predict`, else g(h).
+  """
+  backbone: nn.Module
+  projector: nn.Module
+  predictor: nn.Module | None = None
+
+  def __call__(self, x, train: bool = True, predict: bool = True):
+    h = self.backbone(x, train=train)
+    z = self.projector(h, train=train)
+    if predict and self.predictor is not None:
+      z = self.predictor(z, train=train)
+    return h, z
+
+
+def encoder(model_cfg, predictor: bool = False) -> Encoder:
+  """Encoder from `config.model` (head_* for the projector, predictor_* for the predictor)."""
+  dtype = jnp.dtype(model_cfg.get("dtype", "float32"))
+  projector = models.MLPHead(tuple(model_cfg.head_hidden_dims), model_cfg.head_dim,
+                             use_bn=model_cfg.get("head_bn", True),
+                             last_bn=model_cfg.get("head_last_bn", False), dtype=dtype)
+  if predictor:
+    predictor = models.MLPHead(tuple(model_cfg.predictor_hidden_dims), model_cfg.head_dim,
+                               dtype=dtype)
+  return Encoder(models.backbone(model_cfg), projector, predictor or None)
+
+
+def forward(model, params, model_state, x, train=True, **kw):
+  """Applies a Flax model; `model_state` holds its other collections (BatchNorm statistics).
+
+  In training those collections are updated and returned; in evaluation they are read only.
+  """
+  variables = {"params": params, **model_state}
+  if not train:
+    return model.apply(variables, x, train=False, **kw), model_state
+  out, new_state = model.apply(variables, x, train=True, mutable=list(model_state), **kw)
+  return out, dict(new_state)
+
+
+def views_forward(model, params, model_state, views, **kw):
+  """Runs same-size views as one batch (BatchNorm over all of them); returns per-view outputs."""
+  (h, z), model_state = forward(model, params, model_state, jnp.concatenate(views), **kw)
+  return jnp.split(h, len(views)), jnp.split(z, len(views)), model_state
+
+
+def init_model(model, rng, x):
+  """(params, other collections) of a Flax model."""
+  variables = dict(model.init(rng, x, train=False))
+  return variables.pop("params"), variables

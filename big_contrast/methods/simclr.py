@@ -1,48 +1,52 @@
-"""SimCLR (Chen et al. 2020): two augmented views, NT-Xent over the global batch."""
-import flax.linen as nn
-import jax
+"""SimCLR (Chen et al. 2020) and its InfoNCE-family options: SupCon, DCL, multi-view.
+
+All `config.num_views` views of the batch are embedded together and every
+embedding contrasts against the whole global batch (losses.contrastive):
+  config.loss.positives = "instance"  views of the same image (SimCLR, NT-Xent)
+                          "label"     images of the same class (SupCon)
+  config.loss.decoupled = True        positives out of the denominator (DCL)
+"""
 import jax.numpy as jnp
 
 from big_contrast import losses
-from big_contrast import models
-from big_contrast.methods.base import Method
+from big_contrast.methods import base
+
+POSITIVES = ("instance", "label")
 
 
-class _Encoder(nn.Module):
-  """Backbone f(·) and projector g(·); returns (h, z)."""
-  backbone: nn.Module
-  head: nn.Module
+class SimCLR(base.Method):
 
-  def __call__(self, x, train: bool = True):
-    h = self.backbone(x, train=train)
-    return h, self.head(h, train=train)
-
-
-class SimCLR(Method):
-
-  def __init__(self, config):
-    super().__init__(config)
-    m = config.model
-    self.model = _Encoder(models.backbone(m),
-                          models.MLPHead(tuple(m.head_hidden_dims), m.head_dim,
-                                         dtype=jnp.dtype(m.get("dtype", "float32"))))
+  def __init__(self, config, schedule):
+    super().__init__(config, schedule)
+    if config.loss.get("positives", "instance") not in POSITIVES:
+      raise ValueError(f"config.loss.positives={config.loss.positives!r} is unknown; choose "
+                       f"one of {POSITIVES}.")
+    self.model = base.encoder(config.model)
 
   def init(self, rng, images):
-    variables = self.model.init(rng, self.eval_view(images), train=False)
-    params = variables.pop("params")
-    return params, dict(variables)
+    params, model_state = base.init_model(self.model, rng, self.eval_view(images))
+    return params, {"model": model_state}
 
-  def loss(self, params, state, batch, rng):
-    rng1, rng2 = jax.random.split(rng)
-    images = batch["image"]
-    # Both views in one pass: BN statistics over all 2N views, as in SimCLR.
-    x = jnp.concatenate([self.view(rng1, images), self.view(rng2, images)])
-    (_, z), new_state = self.model.apply({"params": params, **state}, x, train=True,
-                                         mutable=list(state))
-    z1, z2 = jnp.split(z, 2)
-    loss = losses.nt_xent(z1, z2, self.config.loss.temperature)
-    return loss, (dict(new_state), {"loss": loss})
+  def embed(self, params, state, batch, rng):
+    """Projections [V, N, D] of the views of the batch, and the new state."""
+    large, small = self.views(rng, batch["image"])
+    # Views of one size in one pass: BatchNorm statistics over all of them, as in SimCLR.
+    _, z, model_state = base.views_forward(self.model, params, state["model"], large)
+    if small:
+      _, z_small, model_state = base.views_forward(self.model, params, model_state, small)
+      z = z + z_small
+    return jnp.stack(z), {**state, "model": model_state}
+
+  def loss(self, params, state, batch, rng, step):
+    z, state = self.embed(params, state, batch, rng)
+    v, n = z.shape[:2]
+    cfg = self.config.loss
+    ids = batch["label"] if cfg.get("positives", "instance") == "label" else jnp.arange(n)
+    loss = losses.contrastive(z.reshape(v * n, -1), jnp.tile(ids, v), cfg.temperature,
+                              cfg.get("decoupled", False))
+    return loss, (state, {})
 
   def features(self, params, state, images):
-    h, _ = self.model.apply({"params": params, **state}, self.eval_view(images), train=False)
+    (h, _), _ = base.forward(self.model, params, state["model"], self.eval_view(images),
+                             train=False)
     return h

@@ -6,7 +6,7 @@ statistics), i.e. the SyncBN behaviour needed for contrastive learning comes
 for free and matches a single-device run of the same global batch.
 """
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -18,6 +18,16 @@ _DEPTHS = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
+
+
+def _Conv(features, kernel_size, strides=1, **kw):
+  """Convolution with torchvision's symmetric k//2 padding.
+
+  "SAME" pads (k-s)//2 before and the rest after for strided convs, which
+  shifts the sampling grid by a pixel against torchvision's weights.
+  """
+  pad = tuple((k // 2, k // 2) for k in kernel_size)
+  return nn.Conv(features, kernel_size, strides, padding=pad, use_bias=False, **kw)
 
 
 class _Block(nn.Module):
@@ -68,13 +78,13 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet depth {self.depth} unknown; choose from {sorted(_DEPTHS)} "
                        "(config.model.depth).")
     kind, stages = _DEPTHS[self.depth]
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME")
+    conv = functools.partial(_Conv, dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
       x = nn.relu(norm(name="stem_norm")(conv(self.width, (7, 7), 2, name="stem_conv")(x)))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     elif self.stem == "cifar":
       x = nn.relu(norm(name="stem_norm")(conv(self.width, (3, 3), 1, name="stem_conv")(x)))
     else:
@@ -86,6 +96,3 @@ class ResNet(nn.Module):
                    kind == "bottleneck", norm, conv, name=f"stage{i + 1}_block{j + 1}")(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
-
-def resnet(depth: int, **kw) -> ResNet:
-  return ResNet(depth=depth, **kw)

@@ -1,0 +1,89 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) as a Flax Linen module."""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (width, depth, heads); the MLP is 4x wide.
+VARIANTS = {"Ti": (192, 12, 3), "S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16)}
+
+
+def posemb_sincos_2d(h, w, width, temperature=10_000.0):
+  """Fixed 2D sine-cosine position embeddings (MoCo v3, big_vision) [1, h*w, width]."""
+  if width % 4:
+    raise ValueError(f"ViT width {width} must be a multiple of 4 for sincos2d embeddings.")
+  y, x = np.mgrid[:h, :w]
+  omega = 1.0 / temperature**(np.arange(width // 4) / (width // 4 - 1 or 1))
+  y, x = np.einsum("m,d->md", y.ravel(), omega), np.einsum("m,d->md", x.ravel(), omega)
+  return jnp.asarray(np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], 1)[None],
+                     jnp.float32)
+
+
+class _Block(nn.Module):
+  """Pre-LayerNorm transformer block."""
+  heads: int
+  mlp_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype,
+                                            kernel_init=nn.initializers.xavier_uniform())(y, y)
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())(y)
+    y = nn.Dense(x.shape[-1], dtype=self.dtype,
+                 kernel_init=nn.initializers.xavier_uniform())(nn.gelu(y))
+    return x + y
+
+
+class ViT(nn.Module):
+  """ViT backbone returning pooled features [B, width].
+
+  Attributes:
+    width, depth, heads: transformer size (see VARIANTS for the named ones).
+    patch_size: side of the square patches.
+    pool: "cls" (class token) or "gap" (mean over patch tokens).
+    posemb: "sincos2d" (fixed) or "learn".
+  """
+  width: int = 384
+  depth: int = 12
+  heads: int = 6
+  patch_size: int = 16
+  pool: str = "cls"
+  posemb: str = "sincos2d"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    del train  # No dropout or BatchNorm.
+    if self.pool not in ("cls", "gap"):
+      raise ValueError(f"ViT pool {self.pool!r} unknown; use 'cls' or 'gap' (config.model.pool).")
+    p = self.patch_size
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                name="embedding")(x.astype(self.dtype))
+    n, h, w, c = x.shape
+    x = x.reshape(n, h * w, c)
+    if self.posemb == "sincos2d":
+      x = x + posemb_sincos_2d(h, w, c).astype(x.dtype)
+    else:
+      x = x + self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w, c))
+    if self.pool == "cls":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
+      x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)).astype(x.dtype), x], axis=1)
+    for i in range(self.depth):
+      x = _Block(self.heads, 4 * self.width, self.dtype, name=f"block{i}")(x)
+    x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+    x = x[:, 0] if self.pool == "cls" else x.mean(1)
+    return x.astype(jnp.float32)
+
+
+def vit(variant: str, **kw) -> ViT:
+  """ViT from a name like "S/16"; keyword arguments override the named size."""
+  name, patch = variant.split("/")
+  if name not in VARIANTS:
+    raise ValueError(f"ViT variant {variant!r} unknown; choose from "
+                     f"{[f'{k}/16' for k in VARIANTS]} (config.model.variant).")
+  width, depth, heads = VARIANTS[name]
+  return ViT(**{**dict(width=width, depth=depth, heads=heads, patch_size=int(patch)), **kw})

@@ -1,0 +1,25 @@
+"""MoCo v3 with a small ViT on the embedded digits: predictor, in-batch keys, symmetric loss.
+
+  python -m big_contrast.main --config=configs/moco_v3_digits.py --workdir=runs/moco_v3_digits
+
+Results: see the README table (measured, 2-core CPU).
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  del arg
+  c = common.digits_config()
+  c.method = "moco"
+  c.moco.update(momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True,
+                symmetric=True)
+  c.model = ml_collections.ConfigDict(dict(
+      name="vit", variant="Ti/4", width=64, depth=4, heads=4, pool="cls", posemb="sincos2d",
+      dtype="float32", head_hidden_dims=(256, 256), head_dim=64, head_last_bn=True,
+      predictor_hidden_dims=(256,)))
+  # MoCo v3's stability trick: a frozen random patch projection.
+  c.optimizer.frozen = (r"backbone/embedding/.*",)
+  c.loss.temperature = 0.2
+  return c

@@ -1,0 +1,132 @@
+"""Method mechanics: MoCo queue and EMA, SwAV prototypes and multi-crop, poly-view, recipes."""
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from big_contrast import losses
+from big_contrast import methods
+from big_contrast import train
+from big_contrast.methods import moco
+from conftest import tiny_config
+from input_pipeline import digits
+
+SCHEDULE = methods.Schedule(total_steps=10, steps_per_epoch=2)
+RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "*_digits.py")))
+
+
+def _batch(n=16, size=8):
+  images, labels = digits.load("train", size)
+  return {"image": jnp.asarray(images[:n]), "label": jnp.asarray(labels[:n])}
+
+
+def _init(config):
+  method = methods.get(config, SCHEDULE)
+  params, state = method.init(jax.random.PRNGKey(0), _batch()["image"][:2])
+  return method, params, state
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_digits_recipe_trains_a_few_steps(recipe, tmp_path):
+  results = train.train_and_evaluate(tiny_config(recipe, total_steps=2, mesh=[("data", 2)]),
+                                     str(tmp_path))
+  assert results["step"] == 2
+  assert 0 <= results["final"]["eval/knn_top1"] <= 1
+
+
+def test_enqueue_wraps_around():
+  queue, ptr = jnp.zeros((8, 1)), jnp.int32(0)
+  for i in range(3):
+    queue, ptr = moco.enqueue(queue, ptr, jnp.full((4, 1), i + 1.0))
+  np.testing.assert_array_equal(queue[:, 0], [3, 3, 3, 3, 2, 2, 2, 2])
+  assert int(ptr) == 4
+
+
+def test_momentum_schedule_and_ema_update():
+  np.testing.assert_allclose(moco.momentum_at(0, 0.99, 1.0, 100), 0.99)
+  np.testing.assert_allclose(moco.momentum_at(50, 0.99, 1.0, 100), 0.995)
+  np.testing.assert_allclose(moco.momentum_at(100, 0.99, 1.0, 100), 1.0)
+  method, params, state = _init(tiny_config("moco_v2_digits"))
+  shifted = jax.tree.map(lambda p: p + 1.0, params)
+  _, new_state = method.after_update(shifted, state, jnp.int32(0))
+  m = 0.99
+  for e, p, n in zip(jax.tree.leaves(state["ema"]["params"]), jax.tree.leaves(shifted),
+                     jax.tree.leaves(new_state["ema"]["params"])):
+    np.testing.assert_allclose(n, m * e + (1 - m) * p, rtol=1e-6, atol=1e-6)
+
+
+def test_moco_queue_and_key_encoder_equal_on_8_devices_and_1(tmp_path):
+  """The global batch's keys are enqueued in order; BatchNorm is global, so no per-device leak."""
+  runs = {}
+  for n in (1, 8):
+    c = tiny_config("moco_v2_digits", total_steps=3, mesh=[("data", n)])
+    c.moco.queue_size = 64
+    runs[n] = train.train_and_evaluate(c, str(tmp_path / str(n)))["train_state"]["state"]
+  assert int(runs[8]["queue_ptr"]) == 48
+  np.testing.assert_allclose(runs[8]["queue"], runs[1]["queue"], rtol=1e-4, atol=1e-5)
+  # The first 48 rows are keys (unit norm) of 3 steps, the rest still the initial noise.
+  np.testing.assert_allclose(np.linalg.norm(runs[8]["queue"][:48], axis=1), 1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(runs[8]["ema"]), jax.tree.leaves(runs[1]["ema"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_moco_rejects_a_queue_that_does_not_hold_whole_batches():
+  with pytest.raises(ValueError, match="config.moco.queue_size=100 must be a multiple of the 16"):
+    methods.get(tiny_config("moco_v2_digits", **{"moco.queue_size": 100}), SCHEDULE)
+
+
+def test_multicrop_view_shapes():
+  method, _, _ = _init(tiny_config("swav_digits"))
+  large, small = method.views(jax.random.PRNGKey(0), _batch()["image"])
+  assert [v.shape for v in large] == [(16, 8, 8, 3)] * 2
+  assert [v.shape for v in small] == [(16, 4, 4, 3)] * 4
+
+
+def test_swav_prototypes_are_normalised_and_frozen_in_the_first_epoch():
+  method, params, state = _init(tiny_config("swav_digits"))
+  grad = lambda step: jax.grad(lambda p: method.loss(p, state, _batch(), jax.random.PRNGKey(1),
+                                                     jnp.int32(step))[0])(params)
+  assert method.freeze_steps == 2
+  assert not np.any(grad(1)["prototypes"])
+  assert np.any(grad(1)["encoder"]["projector"]["out"]["kernel"])
+  assert np.any(grad(2)["prototypes"])
+  scaled = {**params, "prototypes": params["prototypes"] * 3}
+  new_params, _ = method.after_update(scaled, state, 0)
+  np.testing.assert_allclose(np.linalg.norm(new_params["prototypes"], axis=0), 1, rtol=1e-6)
+
+
+def test_swav_queue_fills_and_joins_sinkhorn_after_its_start():
+  c = tiny_config("swav_digits", **{"swav.queue_size": 32, "swav.queue_start_epoch": 1.0})
+  method, params, state = _init(c)
+  loss = lambda s, step: method.loss(params, s, _batch(), jax.random.PRNGKey(1), jnp.int32(step))
+  _, (state1, _) = loss(state, 0)
+  assert state1["queue"].shape == (2, 32, 8)
+  assert np.all(np.linalg.norm(state1["queue"][:, :16], axis=-1) > 0.99)
+  assert not np.any(state1["queue"][:, 16:])
+  before, _ = loss(state1, 1)   # Step 1 < start (2 steps): the queue is ignored.
+  after, _ = loss(state1, 2)
+  no_queue, _ = loss(state, 2)
+  np.testing.assert_allclose(before, loss(state, 1)[0], rtol=1e-6)
+  assert not np.isclose(after, no_queue)
+
+
+def test_poly_view_with_two_views_is_simclr():
+  c = tiny_config("poly_view_digits", num_views=2, batch_size=16)
+  method, params, state = _init(c)
+  pv, _ = method.loss(params, state, _batch(), jax.random.PRNGKey(3), 0)
+  simclr = methods.get(tiny_config("simclr_digits"), SCHEDULE)
+  sc, _ = simclr.loss(params, state, _batch(), jax.random.PRNGKey(3), 0)
+  np.testing.assert_allclose(pv, sc, rtol=1e-5)
+
+
+def test_supcon_uses_labels_as_positives():
+  method, params, state = _init(tiny_config("supcon_digits"))
+  z, _ = method.embed(params, state, _batch(), jax.random.PRNGKey(0))
+  labels = _batch()["label"]
+  want = losses.contrastive(z.reshape(32, -1), jnp.tile(labels, 2), 0.1)
+  got, _ = method.loss(params, state, _batch(), jax.random.PRNGKey(0), 0)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
