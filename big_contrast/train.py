@@ -83,13 +83,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       num_workers=config.data.get("num_workers", 0))
 
   example = train_src[0]["image"][None]
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 
   def init(rng):
     params, state = method.init(rng, example)
     return dict(step=jnp.zeros((), jnp.int32), params=params, state=state,
                 opt_state=tx.init(params), rng=train_rng)
 
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   abstract = jax.eval_shape(init, init_rng)
   state_sharding = sharding.param_shardings(abstract, mesh, config.get("sharding_rules", ()))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
@@ -107,8 +107,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Rows past the restored step belong to a run that died before its next checkpoint.
   logger = metrics.MetricLogger(workdir, total_steps, resume_step=step)
   features_fn = jax.jit(method.features, out_shardings=sharding.batch_sharding(mesh))
-  evaluate_now = lambda: evaluate_features(features_fn, ts, sources, num_classes, mesh, config)
   sources = (train_src, test_src)
+  evaluate_now = lambda: evaluate_features(features_fn, ts, sources, num_classes, mesh, config)
   n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   logging.info("%s: %d steps of global batch %d on mesh %s, %.2fM parameters.", config.method,
                total_steps, config.batch_size, dict(mesh.shape), n_params / 1e6)

@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=32, num_workers=0, mean=IMAGENET_MEAN, std=IMAGENET_STD))
 
   c.augment = augment.default_config()   # SimCLR's augmentation.
+  c.augment_views = ()         # Per-view overrides of `augment`, e.g. ({"blur_prob": 1.0}, ...).
 
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=50, width=64, stem="imagenet", dtype="float32",
@@ -82,4 +83,22 @@ def digits_config() -> ml_collections.ConfigDict:
                      warmup_epochs=2.0)
   c.checkpoint.every_steps = 50
   c.eval.update(at_start=True, every_steps=0, probe_epochs=100, probe_batch_size=256)
+  return c
+
+
+def imagenet_config() -> ml_collections.ConfigDict:
+  """What every *_imagenet recipe shares: ImageNet-1k from tfds array_record, ResNet-50, bf16.
+
+  Needs imagenet2012 prepared with `tfds build ... --file_format=array_record` (README) and
+  `--config.data.data_dir`.
+  """
+  c = base_config()
+  c.log_every_steps = 100
+  c.data.update(name="tfds", tfds_name="imagenet2012", train_split="train",
+                test_split="validation", image_size=256, num_workers=16)
+  c.augment.update(crop_size=224)
+  c.multicrop.update(crop_size=96, crop_scale=(0.05, 0.14))
+  c.model.update(name="resnet", depth=50, stem="imagenet", dtype="bfloat16")
+  c.checkpoint.every_steps = 2500
+  c.eval.update(every_steps=0, batch_size=1024, probe_epochs=90, probe_batch_size=4096)
   return c

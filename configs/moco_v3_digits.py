@@ -2,7 +2,8 @@
 
   python -m big_contrast.main --config=configs/moco_v3_digits.py --workdir=runs/moco_v3_digits
 
-Results: see the README table (measured, 2-core CPU).
+Measured on a 2-core CPU, jax 0.10.2, 505 steps (90 epochs): 155 s for the whole command.
+Test top-1: k-NN 95.0%, linear probe 95.8% (this ViT at random init: 70.0%, 89.2%).
 """
 import ml_collections
 
@@ -22,4 +23,5 @@ def get_config(arg=None):
   # MoCo v3's stability trick: a frozen random patch projection.
   c.optimizer.frozen = (r"backbone/embedding/.*",)
   c.loss.temperature = 0.2
+  c.num_epochs = 90.0        # The small ViT is ~3x cheaper per step than the ResNet recipes.
   return c

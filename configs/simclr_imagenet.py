@@ -14,18 +14,12 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.base_config()
+  c = common.imagenet_config()
   c.batch_size = 4096
   c.num_epochs = 1000.0
-  c.log_every_steps = 100
-  c.data.update(name="tfds", tfds_name="imagenet2012", train_split="train",
-                test_split="validation", image_size=256, num_workers=16)
-  c.augment.update(crop_size=224, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
-  c.model.update(depth=50, stem="imagenet", dtype="bfloat16", head_hidden_dims=(2048,),
-                 head_dim=128)
+  c.augment.update(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)   # Strength 1.0.
+  c.model.update(head_hidden_dims=(2048,), head_dim=128)
   c.loss.temperature = 0.1
   c.optimizer.update(name="lars", lr=0.3, lr_batch_scale=256, weight_decay=1e-6,
                      warmup_epochs=10.0)
-  c.checkpoint.every_steps = 2500
-  c.eval.update(every_steps=25_000, batch_size=1024, probe_epochs=90, probe_batch_size=4096)
   return c

@@ -1,8 +1,9 @@
-"""SwAV on the embedded digits: 2 large + 4 small crops, 30 prototypes, Sinkhorn codes.
+"""SwAV on the embedded digits: 2 large (16px) + 4 small (8px) crops, 100 prototypes.
 
   python -m big_contrast.main --config=configs/swav_digits.py --workdir=runs/swav_digits
 
-Results: see the README table (measured, 2-core CPU).
+Measured on a 2-core CPU, jax 0.10.2, 168 steps: 246 s for the whole command. Test top-1:
+k-NN 93.9%, linear probe 96.1% (this model at random init: 67.2%, 75.3%).
 """
 from configs import common
 
@@ -12,7 +13,9 @@ def get_config(arg=None):
   c = common.digits_config()
   c.method = "swav"
   c.multicrop.num_small = 4
-  c.swav.update(num_prototypes=30, epsilon=0.05, sinkhorn_iterations=3, queue_size=0,
+  # With the paper's ε = 0.05 (30 or 300 prototypes) this tiny set collapsed to the uniform
+  # solution (loss stuck at log K from step ~20); sharper codes (ε = 0.03) learn.
+  c.swav.update(num_prototypes=100, epsilon=0.03, sinkhorn_iterations=3, queue_size=0,
                 freeze_prototypes_epochs=1.0)
-  c.loss.temperature = 0.1
+  c.loss.temperature = 0.2
   return c

@@ -4,37 +4,16 @@ import numpy as np
 import pytest
 
 from big_contrast import losses
-
-
-def _nt_xent_reference(z1, z2, t):
-  """Eq. 1 of SimCLR with explicit loops over anchors."""
-  z = np.concatenate([z1, z2]).astype(np.float64)
-  z /= np.linalg.norm(z, axis=1, keepdims=True)
-  n2 = len(z)
-  total = 0.0
-  for i in range(n2):
-    p = (i + n2 // 2) % n2
-    denom = sum(np.exp(z[i] @ z[k] / t) for k in range(n2) if k != i)
-    total += -np.log(np.exp(z[i] @ z[p] / t) / denom)
-  return total / n2
-
-
-def _numeric_grad(f, x, eps=1e-4):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    d = np.zeros_like(x)
-    d[idx] = eps
-    g[idx] = (f(x + d) - f(x - d)) / (2 * eps)
-  return g
+import reference
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5])
 def test_nt_xent_matches_reference_value_and_gradient(t):
   rng = np.random.default_rng(0)
   z1, z2 = rng.normal(size=(2, 6, 5))
-  np.testing.assert_allclose(losses.nt_xent(z1, z2, t), _nt_xent_reference(z1, z2, t), rtol=1e-5)
+  np.testing.assert_allclose(losses.nt_xent(z1, z2, t), reference.nt_xent(z1, z2, t), rtol=1e-5)
   grad = jax.grad(lambda a: losses.nt_xent(a, z2, t))(z1.astype(np.float32))
-  numeric = _numeric_grad(lambda a: _nt_xent_reference(a, z2, t), z1)
+  numeric = reference.numeric_grad(lambda a: reference.nt_xent(a, z2, t), z1)
   np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-4)
 
 
@@ -47,13 +26,9 @@ def test_nt_xent_is_low_for_aligned_views_and_finite():
   assert np.isfinite(jax.grad(lambda a: losses.nt_xent(a, a, 0.1))(z.astype(np.float32))).all()
 
 
-def _normalize(x):
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def _contrastive_reference(z, ids, t, decoupled):
   """SupCon's L_out (and DCL when decoupled) with explicit loops."""
-  z = _normalize(z.astype(np.float64))
+  z = reference.normalize(z.astype(np.float64))
   losses_, n = [], len(z)
   for i in range(n):
     pos = [p for p in range(n) if p != i and ids[p] == ids[i]]
@@ -73,7 +48,7 @@ def test_supcon_and_dcl_match_reference(decoupled):
   got = losses.contrastive(z, ids, 0.3, decoupled)
   np.testing.assert_allclose(got, _contrastive_reference(z, ids, 0.3, decoupled), rtol=1e-5)
   grad = jax.grad(lambda a: losses.contrastive(a, ids, 0.3, decoupled))(z.astype(np.float32))
-  numeric = _numeric_grad(lambda a: _contrastive_reference(a, ids, 0.3, decoupled), z)
+  numeric = reference.numeric_grad(lambda a: _contrastive_reference(a, ids, 0.3, decoupled), z)
   np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-4)
 
 
@@ -85,10 +60,10 @@ def test_dcl_drops_the_positive_from_the_denominator():
 
 
 def _info_nce_reference(q, k, t, queue):
-  q, k = _normalize(q.astype(np.float64)), _normalize(k.astype(np.float64))
+  q, k = reference.normalize(q.astype(np.float64)), reference.normalize(k.astype(np.float64))
   total = 0.0
   for i in range(len(q)):
-    negatives = [_normalize(u) for u in queue] if queue is not None else [
+    negatives = [reference.normalize(u) for u in queue] if queue is not None else [
         k[j] for j in range(len(k)) if j != i]
     den = np.exp(q[i] @ k[i] / t) + sum(np.exp(q[i] @ u / t) for u in negatives)
     total += -np.log(np.exp(q[i] @ k[i] / t) / den)
@@ -104,6 +79,6 @@ def test_info_nce_matches_reference_and_stops_key_gradients(with_queue):
                              _info_nce_reference(q, k, 0.2, queue), rtol=1e-5)
   gq, gk = jax.grad(lambda a, b: losses.info_nce(a, b, 0.2, queue), (0, 1))(
       q.astype(np.float32), k.astype(np.float32))
-  np.testing.assert_allclose(gq, _numeric_grad(lambda a: _info_nce_reference(a, k, 0.2, queue), q),
+  np.testing.assert_allclose(gq, reference.numeric_grad(lambda a: _info_nce_reference(a, k, 0.2, queue), q),
                              rtol=1e-3, atol=1e-4)
   assert not np.any(gk)

@@ -1,5 +1,6 @@
 """Method mechanics: MoCo queue and EMA, SwAV prototypes and multi-crop, poly-view, recipes."""
 import glob
+import importlib
 import os
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 from big_contrast import losses
 from big_contrast import methods
+from big_contrast import optim
 from big_contrast import train
 from big_contrast.methods import moco
 from conftest import tiny_config
@@ -130,3 +132,36 @@ def test_supcon_uses_labels_as_positives():
   want = losses.contrastive(z.reshape(32, -1), jnp.tile(labels, 2), 0.1)
   got, _ = method.loss(params, state, _batch(), jax.random.PRNGKey(0), 0)
   np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+ALL_RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+    os.path.join(os.path.dirname(__file__), "..", "configs", "[a-z]*_*.py")))
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES)
+def test_every_recipe_builds_its_method_and_model(recipe):
+  """Paper-scale recipes cannot run here; their method, optimizer and shapes are checked."""
+  c = importlib.import_module(f"configs.{recipe}").get_config()
+  method = methods.get(c, methods.Schedule(total_steps=1000, steps_per_epoch=10))
+  size = c.data.image_size
+  params, state = jax.eval_shape(method.init, jax.random.PRNGKey(0),
+                                 jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
+  tx, _ = optim.make(c.optimizer, c.batch_size, 1000, 10)
+  jax.eval_shape(tx.init, params)
+  assert sum(x.size for x in jax.tree.leaves(params)) > 0
+
+
+def test_per_view_augmentation_overrides():
+  c = tiny_config("simclr_digits")
+  c.augment_views = ({"solarize_prob": 1.0, "solarize_threshold": 0.0},)
+  method = methods.get(c, SCHEDULE)
+  assert method.view_augment(0).solarize_prob == 1.0
+  assert method.view_augment(1).solarize_prob == c.augment.solarize_prob == 0.0
+  same = c.copy_and_resolve_references()
+  same.augment_views = ()
+  key, images = jax.random.PRNGKey(0), _batch()["image"]
+  (v0, v1), _ = method.views(key, images)
+  (w0, w1), _ = methods.get(same, SCHEDULE).views(key, images)
+  np.testing.assert_allclose(v1, w1)                # View 1 is untouched.
+  unnormalize = lambda v: v * 0.5 + 0.5             # Digits recipes normalise with 0.5 / 0.5.
+  np.testing.assert_allclose(unnormalize(v0), 1 - unnormalize(w0), atol=1e-5)  # Solarized.

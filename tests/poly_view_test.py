@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
 # The module itself, even if the package later exports a function of the same name.
 poly_view = importlib.import_module("big_contrast.losses.poly_view")
@@ -12,14 +13,11 @@ poly_view = importlib.import_module("big_contrast.losses.poly_view")
 OBJECTIVES = ("geometric", "arithmetic", "multicrop")
 
 
-def _normalize(x):
-  x = np.asarray(x, np.float64)
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _poly_view_reference(z, t, objective):
   """Explicit loops over anchors (i, α), positives β, and candidates (j, γ)."""
-  z = _normalize(z)
+  z = reference.normalize(z)
   m, n, _ = z.shape
   f = lambda a, i, g, j: np.exp(z[a, i] @ z[g, j] / t)
   total = 0.0
@@ -42,27 +40,6 @@ def _poly_view_reference(z, t, objective):
   return total / (n * m)
 
 
-def _nt_xent_reference(z1, z2, t):
-  """SimCLR eq. 1: anchor i of 2N, -log exp(s_ip/τ) / Σ_{k≠i} exp(s_ik/τ), mean."""
-  z = _normalize(np.concatenate([z1, z2]))
-  n2 = len(z)
-  total = 0.0
-  for i in range(n2):
-    p = (i + n2 // 2) % n2
-    denom = sum(np.exp(z[i] @ z[k] / t) for k in range(n2) if k != i)
-    total += -np.log(np.exp(z[i] @ z[p] / t) / denom)
-  return total / n2
-
-
-def _numeric_grad(f, x, eps=1e-5):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    d = np.zeros_like(x)
-    d[idx] = eps
-    g[idx] = (f(x + d) - f(x - d)) / (2 * eps)
-  return g
-
-
 @pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("m,t", [(3, 0.5), (4, 0.1)])
 def test_matches_reference_value(objective, m, t):
@@ -76,7 +53,7 @@ def test_matches_reference_gradient(objective):
   z = np.random.default_rng(0).normal(size=(3, 4, 5))
   t = 0.5
   grad = jax.grad(lambda x: poly_view.poly_view_loss(x, t, objective))(z.astype(np.float32))
-  numeric = _numeric_grad(lambda x: _poly_view_reference(x, t, objective), z)
+  numeric = reference.numeric_grad(lambda x: _poly_view_reference(x, t, objective), z)
   np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-5)
 
 
@@ -85,10 +62,10 @@ def test_matches_reference_gradient(objective):
 def test_two_views_is_exactly_nt_xent(objective, t):
   z1, z2 = np.random.default_rng(3).normal(size=(2, 6, 8))
   got = poly_view.poly_view_loss(np.stack([z1, z2]), t, objective)
-  np.testing.assert_allclose(got, _nt_xent_reference(z1, z2, t), rtol=1e-5)
+  np.testing.assert_allclose(got, reference.nt_xent(z1, z2, t), rtol=1e-5)
   grad = jax.grad(lambda x: poly_view.poly_view_loss(x, t, objective))(
       np.stack([z1, z2]).astype(np.float32))
-  numeric = _numeric_grad(lambda x: _nt_xent_reference(x[0], x[1], t), np.stack([z1, z2]))
+  numeric = reference.numeric_grad(lambda x: reference.nt_xent(x[0], x[1], t), np.stack([z1, z2]))
   np.testing.assert_allclose(grad, numeric, rtol=1e-3, atol=1e-5)
 
 

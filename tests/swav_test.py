@@ -9,6 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from big_contrast.losses import swav
+import reference
 
 
 def _sinkhorn_reference(scores, eps, iters):
@@ -44,15 +45,6 @@ def _swav_reference(scores, num_large, t, eps, iters, codes=None):
         sub -= np.sum(q[i] * _log_softmax(scores[v, i] / t)) / b
     total += sub / (v_total - 1)
   return total / num_large
-
-
-def _numeric_grad(f, x, eps=1e-5):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    d = np.zeros_like(x)
-    d[idx] = eps
-    g[idx] = (f(x + d) - f(x - d)) / (2 * eps)
-  return g
 
 
 @pytest.mark.parametrize("eps,iters", [(0.05, 3), (0.5, 1), (0.1, 10)])
@@ -108,10 +100,10 @@ def test_swav_loss_gradient_flows_only_through_predictions():
   codes = [_sinkhorn_reference(scores[s], eps, iters) for s in range(num_large)]
   grad = jax.grad(lambda s: swav.swav_loss(s, num_large, t, eps, iters))(
       scores.astype(np.float32))
-  fixed = _numeric_grad(lambda s: _swav_reference(s, num_large, t, eps, iters, codes), scores)
+  fixed = reference.numeric_grad(lambda s: _swav_reference(s, num_large, t, eps, iters, codes), scores)
   np.testing.assert_allclose(grad, fixed, rtol=1e-3, atol=1e-5)
   # Differentiating through the codes as well would give a different gradient.
-  through = _numeric_grad(lambda s: _swav_reference(s, num_large, t, eps, iters), scores)
+  through = reference.numeric_grad(lambda s: _swav_reference(s, num_large, t, eps, iters), scores)
   assert np.abs(through - fixed).max() > 1e-3
 
 

@@ -57,6 +57,9 @@ def test_resume_after_interruption_is_exact(tmp_path):
   resumed = train.train_and_evaluate(c, str(tmp_path / "crashed"))
   assert resumed["step"] == 4
   _assert_trees_close(full["train_state"], resumed["train_state"], rtol=0, atol=0)
+  # Rows the crashed run logged after its last checkpoint are replaced, not duplicated.
+  steps = [r["step"] for r in _read_jsonl(resumed["metrics_file"]) if "loss" in r]
+  assert steps == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -38,17 +38,30 @@ class Method(abc.ABC):
   def normalize(self, x):
     return (x - self.mean) / self.std
 
+  def view_augment(self, i):
+    """Augmentation of large view i: `config.augment` updated by `config.augment_views[i]`.
+
+    Per-view overrides give asymmetric views, e.g. BYOL / MoCo v3's blur 1.0 / 0.1 and
+    solarize 0 / 0.2 on the two views.
+    """
+    overrides = self.config.get("augment_views", ())
+    if i >= len(overrides):
+      return self.config.augment
+    cfg = self.config.augment.copy_and_resolve_references()
+    cfg.update(dict(overrides[i]))
+    return cfg
+
   def views(self, rng, images):
     """`config.num_views` large views, then `config.multicrop.num_small` small ones.
 
-    Small crops use the same augmentation at `multicrop.crop_size` with
+    Small crops use `config.augment` at `multicrop.crop_size` with
     `multicrop.crop_scale` (SwAV's multi-crop). Each is [B, S, S, C], normalised.
     """
     mc = self.config.get("multicrop", None)
     num_small = mc.num_small if mc else 0
     keys = jax.random.split(rng, self.config.num_views + num_small)
-    large = [augment.augment_batch(k, images, self.config.augment)
-             for k in keys[:self.config.num_views]]
+    large = [augment.augment_batch(k, images, self.view_augment(i))
+             for i, k in enumerate(keys[:self.config.num_views])]
     small = []
     if num_small:
       small_cfg = self.config.augment.copy_and_resolve_references()
