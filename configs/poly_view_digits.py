@@ -17,7 +17,6 @@ def get_config(arg=None):
   c.method = "poly_view"
   c.batch_size = 128
   c.num_views = 4
-  c.num_epochs = 15.0        # Same 150 steps (and 512 views per step) as simclr_digits.
+  c.num_epochs = 15.0        # Same 168 steps (and 512 views per step) as simclr_digits.
   c.loss.objective = "geometric"
-  c.checkpoint.every_steps = 50
   return c
