@@ -148,6 +148,18 @@ def views_forward(model, params, model_state, views, **kw):
   return jnp.split(h, len(views)), jnp.split(z, len(views)), model_state
 
 
+def project_views(model, params, model_state, large, small):
+  """Projections [V, B, D] of the large then the small views.
+
+  Views of one size run as one batch: BatchNorm statistics over all of them, as in SimCLR.
+  """
+  _, z, model_state = views_forward(model, params, model_state, large)
+  if small:
+    _, z_small, model_state = views_forward(model, params, model_state, small)
+    z = z + z_small
+  return jnp.stack(z), model_state
+
+
 def init_model(model, rng, x):
   """(params, other collections) of a Flax model."""
   variables = dict(model.init(rng, x, train=False))

@@ -29,13 +29,9 @@ class SimCLR(base.Method):
 
   def embed(self, params, state, batch, rng):
     """Projections [V, N, D] of the views of the batch, and the new state."""
-    large, small = self.views(rng, batch["image"])
-    # Views of one size in one pass: BatchNorm statistics over all of them, as in SimCLR.
-    _, z, model_state = base.views_forward(self.model, params, state["model"], large)
-    if small:
-      _, z_small, model_state = base.views_forward(self.model, params, model_state, small)
-      z = z + z_small
-    return jnp.stack(z), {**state, "model": model_state}
+    z, model_state = base.project_views(self.model, params, state["model"],
+                                        *self.views(rng, batch["image"]))
+    return z, {**state, "model": model_state}
 
   def loss(self, params, state, batch, rng, step):
     z, state = self.embed(params, state, batch, rng)

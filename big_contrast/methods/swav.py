@@ -42,13 +42,9 @@ class SwAV(base.Method):
 
   def loss(self, params, state, batch, rng, step):
     cfg = self.config.swav
-    large, small = self.views(rng, batch["image"])
-    _, z, model_state = base.views_forward(self.model, params["encoder"], state["model"], large)
-    if small:
-      _, z_small, model_state = base.views_forward(self.model, params["encoder"], model_state,
-                                                   small)
-      z = z + z_small
-    z = losses.l2_normalize(jnp.stack(z))                         # [V, B, D]
+    z, model_state = base.project_views(self.model, params["encoder"], state["model"],
+                                        *self.views(rng, batch["image"]))
+    z = losses.l2_normalize(z)                                    # [V, B, D]
     prototypes = params["prototypes"]
     prototypes = jnp.where(step < self.freeze_steps, jax.lax.stop_gradient(prototypes),
                            prototypes)
