@@ -15,10 +15,14 @@ scale), with SimCLR's NT-Xent over the 2N views (`info_nce.nt_xent`): there is
 a single positive, and every denominator holds it plus the 2(N-1) views of the
 other samples. For M > 2, per anchor, multicrop ≥ geometric ≥ arithmetic.
 
-Provenance: only the paper's abstract, Figure 1 and its stated aggregation
-(arithmetic vs geometric mean of the one-vs-one terms) could be read offline
-when this was written; the denominators below follow that reading and the
-M = 2 reduction, and are yet to be checked line by line against the paper.
+Provenance: the full paper text could not be read offline. The per-pair term
+and the geometric aggregation below agree with an independent implementation
+of the paper's loss (the PVC baseline of Koromilas et al. 2025,
+arXiv:2507.06979): a softmax over all M·N views per (anchor α, target β) with
+the anchor's own sample masked out except view β, averaged over β. Arithmetic
+PVC follows the paper's definition as the log of the arithmetic mean of the
+same per-pair terms (the form of its Figure 1a); that one has no second
+source here.
 """
 import jax
 import jax.numpy as jnp
