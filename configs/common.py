@@ -35,15 +35,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=50, width=64, stem="imagenet", dtype="float32",
       head_hidden_dims=(2048,), head_dim=128, head_bn=True, head_last_bn=False,
-      predictor_hidden_dims=(4096,)))
+      predictor_hidden_dims=(4096,), predictor_last_bn=False))
   # InfoNCE family: positives "instance" (SimCLR) or "label" (SupCon); decoupled (DCL);
   # objective: the poly-view objective (method poly_view).
   c.loss = ml_collections.ConfigDict(dict(temperature=0.1, positives="instance",
                                           decoupled=False, objective="geometric"))
 
   # Method sections; each method reads only its own.
+  # bn_groups: shuffle-BN groups (see methods/moco.py); 1 = BatchNorm over the whole batch.
   c.moco = ml_collections.ConfigDict(dict(
-      momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True, symmetric=True))
+      momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True, symmetric=True,
+      bn_groups=1))
   c.swav = ml_collections.ConfigDict(dict(
       num_prototypes=3000, epsilon=0.05, sinkhorn_iterations=3, queue_size=0,
       queue_start_epoch=15.0, freeze_prototypes_epochs=1.0))

@@ -13,7 +13,7 @@ def get_config(arg=None):
   c = common.digits_config()
   c.method = "moco"
   c.moco.update(momentum=0.99, momentum_final=0.99, queue_size=1024, predictor=False,
-                symmetric=False)
+                symmetric=False, bn_groups=8)
   c.model.head_bn = False               # MoCo v2's MLP head: fc-ReLU-fc.
   c.loss.temperature = 0.2
   return c

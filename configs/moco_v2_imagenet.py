@@ -21,7 +21,7 @@ def get_config(arg=None):
   c.augment.update(crop_scale=(0.2, 1.0))
   c.model.update(head_hidden_dims=(2048,), head_dim=128, head_bn=False)
   c.moco.update(momentum=0.999, momentum_final=0.999, queue_size=65536, predictor=False,
-                symmetric=False)
+                symmetric=False, bn_groups=8)
   c.loss.temperature = 0.2
   c.optimizer.update(name="sgd", lr=0.03, lr_batch_scale=256, weight_decay=1e-4,
                      momentum=0.9, warmup_epochs=0.0)

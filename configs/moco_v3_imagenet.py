@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       name="vit", variant="B/16", pool="cls", posemb="sincos2d", dtype="bfloat16",
       head_hidden_dims=(4096, 4096), head_dim=256, head_last_bn=True,
-      predictor_hidden_dims=(4096,)))
+      predictor_hidden_dims=(4096,), predictor_last_bn=True))
   c.moco.update(momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True,
                 symmetric=True)
   c.loss.temperature = 0.2

@@ -82,3 +82,10 @@ def test_info_nce_matches_reference_and_stops_key_gradients(with_queue):
   np.testing.assert_allclose(gq, reference.numeric_grad(lambda a: _info_nce_reference(a, k, 0.2, queue), q),
                              rtol=1e-3, atol=1e-4)
   assert not np.any(gk)
+
+
+def test_dcl_with_a_single_class_batch_is_finite():
+  z = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+  ids = np.zeros(6, np.int32)
+  loss, grad = jax.value_and_grad(lambda a: losses.contrastive(a, ids, 0.1, True))(z)
+  assert np.isfinite(loss) and np.isfinite(grad).all()

@@ -62,11 +62,12 @@ def test_momentum_schedule_and_ema_update():
 
 
 def test_moco_queue_and_key_encoder_equal_on_8_devices_and_1(tmp_path):
-  """The global batch's keys are enqueued in order; BatchNorm is global, so no per-device leak."""
+  """The global batch's keys are enqueued in order; shuffle-BN groups do not depend on devices."""
   runs = {}
   for n in (1, 8):
     c = tiny_config("moco_v2_digits", total_steps=3, mesh=[("data", n)])
     c.moco.queue_size = 64
+    c.moco.bn_groups = 2  # Groups of 8: BatchNorm over 2 examples is too ill-conditioned.
     runs[n] = train.train_and_evaluate(c, str(tmp_path / str(n)))["train_state"]["state"]
   assert int(runs[8]["queue_ptr"]) == 48
   np.testing.assert_allclose(runs[8]["queue"], runs[1]["queue"], rtol=1e-4, atol=1e-5)
@@ -74,6 +75,69 @@ def test_moco_queue_and_key_encoder_equal_on_8_devices_and_1(tmp_path):
   np.testing.assert_allclose(np.linalg.norm(runs[8]["queue"][:48], axis=1), 1, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(runs[8]["ema"]), jax.tree.leaves(runs[1]["ema"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _resnet_bn_probe():
+  """A tiny encoder whose output is BatchNorm-normalised input: it shows the BN statistics."""
+  method, params, state = _init(tiny_config("moco_v2_digits"))
+  return method, params, state
+
+
+def test_shuffle_bn_groups_normalise_queries_in_order_and_keys_in_random_groups():
+  method, params, state = _resnet_bn_probe()
+  x = method.eval_view(_batch(32)["image"])
+  forward = lambda x, perm=None: moco.grouped_forward(method.model, params, state["model"], x,
+                                                      4, perm)[0][1]
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+  # Query side: the outputs of group 0 (examples 0-7) depend only on that group.
+  base_q = forward(x)
+  changed = x.at[20].set(x[30])
+  close(forward(changed)[:8], base_q[:8])
+  assert not np.allclose(forward(x.at[1].set(x[30]))[0], base_q[0], atol=1e-2)
+  # Key side: groups of a permutation, outputs back in the input order; each example is
+  # normalised exactly as if its permuted group ran alone.
+  perm = jax.random.permutation(jax.random.PRNGKey(3), 32)
+  keys = forward(x, perm)
+  for g in range(4):
+    members = perm[8 * g:8 * g + 8]
+    (_, alone), _ = moco.grouped_forward(method.model, params, state["model"], x[members], 1)
+    close(keys[members], alone)
+  # So a query and its key see different batch statistics (different groups).
+  assert not np.allclose(keys, base_q, atol=1e-2)
+
+
+def test_moco_v2_loss_shuffles_keys_with_a_fresh_permutation_every_step():
+  method, params, state = _resnet_bn_probe()
+  assert method.groups == 8
+  loss = lambda rng: method.loss(params, state, _batch(), rng, jnp.int32(0))
+  # Same views, different shuffles: the keys, hence the queue rows written, differ.
+  rng = jax.random.PRNGKey(1)
+  _, (s1, _) = loss(rng)
+  grouped_off = tiny_config("moco_v2_digits", **{"moco.bn_groups": 1})
+  m1 = methods.get(grouped_off, SCHEDULE)
+  _, (s0, _) = m1.loss(params, state, _batch(), rng, jnp.int32(0))
+  assert not np.allclose(s1["queue"][:16], s0["queue"][:16], atol=1e-4)
+
+
+def test_moco_v3_loss_is_two_tau_times_the_summed_directions():
+  c = tiny_config("moco_v3_digits")
+  method, params, state = _init(c)
+  rng = jax.random.PRNGKey(1)
+  got, _ = method.loss(params, state, _batch(), rng, jnp.int32(0))
+  (x1, x2), _ = method.views(jax.random.split(rng)[0], _batch()["image"])
+  t = c.loss.temperature
+  terms = []
+  for xq, xk in ((x1, x2), (x2, x1)):
+    (_, q), _ = moco.grouped_forward(method.model, params, state["model"], xq, 1)
+    (_, k), _ = moco.grouped_forward(method.model, state["ema"]["params"],
+                                     state["ema"]["model"], xk, 1, predict=False)
+    terms.append(losses.info_nce(q, k, t))
+  np.testing.assert_allclose(got, 2 * t * (terms[0] + terms[1]), rtol=1e-5)
+
+
+def test_moco_rejects_bn_groups_that_do_not_divide_the_batch():
+  with pytest.raises(ValueError, match="config.moco.bn_groups=5 must divide"):
+    methods.get(tiny_config("moco_v2_digits", **{"moco.bn_groups": 5}), SCHEDULE)
 
 
 def test_moco_rejects_a_queue_that_does_not_hold_whole_batches():
@@ -114,6 +178,12 @@ def test_swav_queue_fills_and_joins_sinkhorn_after_its_start():
   no_queue, _ = loss(state, 2)
   np.testing.assert_allclose(before, loss(state, 1)[0], rtol=1e-6)
   assert not np.isclose(after, no_queue)
+
+
+def test_swav_queue_waits_until_it_is_full_even_if_its_start_is_earlier():
+  c = tiny_config("swav_digits", **{"swav.queue_size": 64, "swav.queue_start_epoch": 0.0})
+  method, _, _ = _init(c)
+  assert method.queue_start == 4   # 64 rows / 16 per step, not step 0.
 
 
 def test_poly_view_with_two_views_is_simclr():

@@ -34,7 +34,8 @@ def contrastive(z, ids, temperature=0.1, decoupled=False):
   - decoupled=True, D(i) = {k ≠ i} \ P(i): DCL (Yeh et al. 2022, "Decoupled
     Contrastive Learning", arXiv:2110.06848, eq. 6), positives removed from
     the denominator.
-  Anchors without any positive are left out of the mean.
+  Anchors without any positive (or, with DCL, without any negative) are left
+  out of the mean; official SupCon counts them as 0 in it.
 
   Args:
     z: [N, D] embeddings (all views stacked).
@@ -51,7 +52,9 @@ def contrastive(z, ids, temperature=0.1, decoupled=False):
   num_pos = positive.sum(-1)
   mean_pos_logit = jnp.where(positive, logits, 0).sum(-1) / jnp.maximum(num_pos, 1)
   per_anchor = log_denominator - mean_pos_logit
-  has_pos = num_pos > 0
+  # Anchors with no positive, or (DCL) nothing left in the denominator, carry no signal.
+  has_pos = (num_pos > 0) & jnp.isfinite(log_denominator)
+  per_anchor = jnp.where(has_pos, per_anchor, 0)
   return jnp.sum(jnp.where(has_pos, per_anchor, 0)) / jnp.maximum(has_pos.sum(), 1)
 
 

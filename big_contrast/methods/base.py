@@ -112,10 +112,16 @@ class Encoder(nn.Module):
 
   def __call__(self, x, train: bool = True, predict: bool = True):
     h = self.backbone(x, train=train)
+    return h, self.head(h, train=train, predict=predict)
+
+  def encode(self, x, train: bool = True):
+    return self.backbone(x, train=train)
+
+  def head(self, h, train: bool = True, predict: bool = True):
     z = self.projector(h, train=train)
     if predict and self.predictor is not None:
       z = self.predictor(z, train=train)
-    return h, z
+    return z
 
 
 def encoder(model_cfg, predictor: bool = False) -> Encoder:
@@ -125,8 +131,9 @@ def encoder(model_cfg, predictor: bool = False) -> Encoder:
                              use_bn=model_cfg.get("head_bn", True),
                              last_bn=model_cfg.get("head_last_bn", False), dtype=dtype)
   if predictor:
+    # MoCo v3 ends its ViT predictor with a BatchNorm without affine (its ResNet one, not).
     predictor = models.MLPHead(tuple(model_cfg.predictor_hidden_dims), model_cfg.head_dim,
-                               dtype=dtype)
+                               last_bn=model_cfg.get("predictor_last_bn", False), dtype=dtype)
   return Encoder(models.backbone(model_cfg), projector, predictor or None)
 
 
@@ -142,22 +149,21 @@ def forward(model, params, model_state, x, train=True, **kw):
   return out, dict(new_state)
 
 
-def views_forward(model, params, model_state, views, **kw):
-  """Runs same-size views as one batch (BatchNorm over all of them); returns per-view outputs."""
-  (h, z), model_state = forward(model, params, model_state, jnp.concatenate(views), **kw)
-  return jnp.split(h, len(views)), jnp.split(z, len(views)), model_state
-
-
 def project_views(model, params, model_state, large, small):
   """Projections [V, B, D] of the large then the small views.
 
-  Views of one size run as one batch: BatchNorm statistics over all of them, as in SimCLR.
+  The backbone runs once per crop size (its BatchNorm over all views of that
+  size, as SimCLR and SwAV do); the head runs once on the features of all views
+  together, as in SwAV's code.
   """
-  _, z, model_state = views_forward(model, params, model_state, large)
+  h, model_state = forward(model, params, model_state, jnp.concatenate(large),
+                           method=Encoder.encode)
   if small:
-    _, z_small, model_state = views_forward(model, params, model_state, small)
-    z = z + z_small
-  return jnp.stack(z), model_state
+    h_small, model_state = forward(model, params, model_state, jnp.concatenate(small),
+                                   method=Encoder.encode)
+    h = jnp.concatenate([h, h_small])
+  z, model_state = forward(model, params, model_state, h, method=Encoder.head)
+  return jnp.stack(jnp.split(z, len(large) + len(small))), model_state
 
 
 def init_model(model, rng, x):

@@ -7,12 +7,21 @@
 The key encoder is an exponential moving average of the query encoder
 (backbone + projector, not the predictor), kept in the method state.
 
-BatchNorm leakage: MoCo shuffled keys across GPUs ("shuffle-BN") because with
-per-device BatchNorm a query and its key are normalised with statistics of the
-same small sub-batch, which the network can exploit to find the positive. Here
-every BatchNorm runs on the GLOBAL batch under jit (SyncBN, as SimCLR does to
-prevent the same leak), so no sub-batch statistics exist to exploit and the
-result does not depend on the device count (tests/moco_test.py checks both).
+BatchNorm leakage (MoCo §3.3): a query and its positive key normalised with
+the same batch statistics can be matched by those statistics alone; with a
+queue this is a real shortcut, because every negative key comes from an older
+batch with other statistics (global SyncBN does not remove it: the positive is
+still the only key from the current batch). MoCo's answer, shuffle-BN, is
+reproduced with `moco.bn_groups` = G, independent of the device count: the
+query encoder's BatchNorm runs over G groups of consecutive examples (MoCo's
+per-GPU BN), the key encoder's over G groups of a fresh random permutation of
+the batch (MoCo's shuffled keys), so a query and its key are normalised with
+statistics of different, random subsets. MoCo v3 (in-batch keys, no queue)
+uses SyncBN and G = 1: its negatives share the batch statistics.
+
+Loss scale: with a queue (v2) the InfoNCE of the two directions is averaged;
+with in-batch keys (v3) each direction is 2τ·InfoNCE and the two are summed,
+as in MoCo v3's code (it matters for LARS/SGD, not for AdamW).
 """
 import math
 
@@ -35,12 +44,35 @@ def enqueue(queue, ptr, keys):
   return queue, (ptr + keys.shape[0]) % queue.shape[0]
 
 
+def grouped_forward(model, params, model_state, x, groups, perm=None, **kw):
+  """`base.forward` with BatchNorm statistics per group of B/`groups` examples.
+
+  The groups are consecutive examples of x, or of x[perm] when a permutation is
+  given (outputs come back in the order of x). The running statistics are
+  updated with the mean over groups.
+  """
+  if groups <= 1:
+    return base.forward(model, params, model_state, x, **kw)
+  if perm is not None:
+    x = x[perm]
+  out, states = jax.vmap(lambda xg: base.forward(model, params, model_state, xg, **kw))(
+      x.reshape(groups, -1, *x.shape[1:]))
+  out = jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
+  if perm is not None:
+    out = jax.tree.map(lambda o: o[jnp.argsort(perm)], out)
+  return out, jax.tree.map(lambda s: s.mean(0), states)
+
+
 class MoCo(base.Method):
 
   def __init__(self, config, schedule):
     super().__init__(config, schedule)
     cfg = config.moco
     self.model = base.encoder(config.model, predictor=cfg.predictor)
+    self.groups = cfg.get("bn_groups", 1)
+    if config.batch_size % self.groups:
+      raise ValueError(f"config.moco.bn_groups={self.groups} must divide config.batch_size="
+                       f"{config.batch_size}.")
     keys_per_step = config.batch_size * (2 if cfg.symmetric else 1)
     if cfg.queue_size and cfg.queue_size % keys_per_step:
       raise ValueError(f"config.moco.queue_size={cfg.queue_size} must be a multiple of the "
@@ -63,22 +95,29 @@ class MoCo(base.Method):
 
   def loss(self, params, state, batch, rng, step):
     cfg = self.config.moco
-    (x1, x2), _ = self.views(rng, batch["image"])
-    _, (q1, q2), model_state = base.views_forward(self.model, params, state["model"], [x1, x2])
-    ema = state["ema"]
-    _, (k1, k2), ema_model = base.views_forward(self.model, ema["params"], ema["model"],
-                                                [x1, x2], predict=False)
-    k1, k2 = jax.lax.stop_gradient(losses.l2_normalize(k1)), jax.lax.stop_gradient(
-        losses.l2_normalize(k2))
+    rng_views, rng_shuffle = jax.random.split(rng)
+    (x1, x2), _ = self.views(rng_views, batch["image"])
+    # (query view, key view) pairs; every view is its own forward pass, as in MoCo's code.
+    pairs = [(x1, x2), (x2, x1)] if cfg.symmetric else [(x1, x2)]
+    model_state, ema = state["model"], state["ema"]
+    ema_model = ema["model"]
     queue = state.get("queue")
     t = self.config.loss.temperature
-    loss = losses.info_nce(q1, k2, t, queue)
-    if cfg.symmetric:
-      loss = (loss + losses.info_nce(q2, k1, t, queue)) / 2
+    terms, keys = [], []
+    for i, (xq, xk) in enumerate(pairs):
+      (_, q), model_state = grouped_forward(self.model, params, model_state, xq, self.groups)
+      perm = (jax.random.permutation(jax.random.fold_in(rng_shuffle, i), xk.shape[0])
+              if self.groups > 1 else None)
+      (_, k), ema_model = grouped_forward(self.model, ema["params"], ema_model, xk,
+                                          self.groups, perm, predict=False)
+      k = jax.lax.stop_gradient(losses.l2_normalize(k))
+      terms.append(losses.info_nce(q, k, t, queue))
+      keys.append(k)
+    loss = sum(terms) / len(terms) if queue is not None else 2 * t * sum(terms)
     new_state = {**state, "model": model_state, "ema": {**ema, "model": ema_model}}
     if queue is not None:
-      new_keys = jnp.concatenate([k2, k1]) if cfg.symmetric else k2
-      new_state["queue"], new_state["queue_ptr"] = enqueue(queue, state["queue_ptr"], new_keys)
+      new_state["queue"], new_state["queue_ptr"] = enqueue(queue, state["queue_ptr"],
+                                                           jnp.concatenate(keys))
     return loss, (new_state, {})
 
   def after_update(self, params, state, step):

@@ -16,6 +16,9 @@ class PolyView(simclr.SimCLR):
     if config.loss.objective not in poly_view.OBJECTIVES:
       raise ValueError(f"config.loss.objective={config.loss.objective!r} is unknown; choose "
                        f"one of {poly_view.OBJECTIVES}.")
+    if config.loss.get("positives", "instance") != "instance" or config.loss.get("decoupled"):
+      raise ValueError("poly_view uses instance positives with its own denominators; unset "
+                       "config.loss.positives (SupCon) and config.loss.decoupled (DCL).")
     if config.num_views < 2:
       raise ValueError(f"config.num_views={config.num_views}: poly-view needs at least 2.")
 

@@ -5,7 +5,8 @@ Views: `config.num_views` large crops (their codes are the targets) plus
 scored against K l2-normalised prototypes (renormalised after every optimizer
 step); the codes are computed with Sinkhorn-Knopp over the GLOBAL batch
 (losses.sinkhorn). Optionally, features of past batches (a queue, filled from
-the start and used from `swav.queue_start_epoch`) join the Sinkhorn problem,
+the start and used from `swav.queue_start_epoch` once it is full, as in SwAV's
+code: empty rows would distort the equal partition) join the Sinkhorn problem,
 as SwAV does for small batches. The prototypes get no gradient during the
 first `swav.freeze_prototypes_epochs` epochs.
 """
@@ -26,7 +27,9 @@ class SwAV(base.Method):
       raise ValueError(f"config.swav.queue_size={cfg.queue_size} must be a multiple of "
                        f"config.batch_size={config.batch_size}.")
     self.freeze_steps = int(cfg.freeze_prototypes_epochs * schedule.steps_per_epoch)
-    self.queue_start = int(cfg.queue_start_epoch * schedule.steps_per_epoch)
+    # The queue gains batch_size rows per step; it joins once full and past its start.
+    self.queue_start = max(int(cfg.queue_start_epoch * schedule.steps_per_epoch),
+                           cfg.queue_size // config.batch_size)
 
   def init(self, rng, images):
     rng_model, rng_protos = jax.random.split(rng)
