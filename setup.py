@@ -27,6 +27,9 @@ setuptools.setup(
     extras_require={
         # tfds decodes Image features with Pillow (or OpenCV) when reading without TensorFlow.
         "data": ["pillow"],
-        "test": ["pytest>=8", "pillow"],
+        # Tokenizers beyond the default byte-level one: SentencePiece models, and the CLIP
+        # BPE (regex for its \p{L}/\p{N} word split, ftfy for CLIP's text clean-up).
+        "text": ["sentencepiece", "regex", "ftfy"],
+        "test": ["pytest>=8", "pillow", "sentencepiece", "regex", "ftfy"],
     },
 )

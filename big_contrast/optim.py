@@ -20,11 +20,23 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def is_frozen(path, patterns) -> bool:
+  """Whether a parameter's '/'-joined path fully matches one of the `frozen` regexes."""
+  return any(re.fullmatch(p, sharding.path_name(path)) for p in patterns)
+
+
 def frozen_labels(params, patterns):
-  """'frozen' for parameters whose '/'-joined path fully matches one of `patterns`."""
+  """'frozen' or 'trained' for every parameter (optax.multi_transform labels)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: "frozen" if any(re.fullmatch(p, sharding.path_name(path)) for p in patterns)
-      else "trained", params)
+      lambda path, _: "frozen" if is_frozen(path, patterns) else "trained", params)
+
+
+def stop_frozen(params, patterns):
+  """`params` with the frozen ones (see `frozen_labels`) behind stop_gradient."""
+  if not patterns:
+    return params
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: jax.lax.stop_gradient(p) if is_frozen(path, patterns) else p, params)
 
 
 def peak_lr(cfg, batch_size: int) -> float:

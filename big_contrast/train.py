@@ -10,10 +10,12 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from big_contrast import checkpoint
 from big_contrast import evaluate
+from big_contrast import initialize
 from big_contrast import methods
 from big_contrast import metrics
 from big_contrast import optim
@@ -21,11 +23,17 @@ from big_contrast import sharding
 import input_pipeline
 
 
-def _train_step(method, tx, ts, batch):
+EVALUATORS = ("knn", "linear_probe", "zero_shot", "retrieval")
+IMAGE_TEXT_EVALUATORS = ("zero_shot", "retrieval")
+
+
+def _train_step(method, tx, frozen, ts, batch):
   # The step's randomness depends only on (seed, step): resuming is exact.
   rng = jax.random.fold_in(ts["rng"], ts["step"])
 
   def loss_fn(params):
+    # Frozen parameters are constants: XLA computes no gradient for them (LiT's locked tower).
+    params = optim.stop_frozen(params, frozen)
     return method.loss(params, ts["state"], batch, rng, ts["step"])
 
   (loss, (state, step_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts["params"])
@@ -43,23 +51,66 @@ def _schedule(config, train_size) -> methods.Schedule:
   return methods.Schedule(total_steps=total, steps_per_epoch=steps_per_epoch)
 
 
-def evaluate_features(features_fn, ts, sources, num_classes, mesh, config) -> dict:
-  """k-NN and linear-probe top-1 of the frozen backbone on the test split.
+def check_evaluators(config, method, test_src):
+  """Fails before any compile on evaluators the method or the data cannot serve."""
+  names = tuple(config.eval.get("evaluators", ("knn", "linear_probe")))
+  unknown = [n for n in names if n not in EVALUATORS]
+  if unknown:
+    raise ValueError(f"config.eval.evaluators has unknown {unknown}; choose from {EVALUATORS}.")
+  image_text = [n for n in names if n in IMAGE_TEXT_EVALUATORS]
+  if image_text and not hasattr(method, "encode_texts"):
+    raise ValueError(f"config.eval.evaluators {image_text} need an image-text method "
+                     f"(clip, siglip), not {config.method!r}.")
+  if "zero_shot" in names and not (getattr(test_src, "class_names", ()) and
+                                   config.eval.get("zero_shot_templates")):
+    raise ValueError("zero_shot evaluation needs class names from the test data and "
+                     "config.eval.zero_shot_templates (e.g. ('a photo of a {}.',)).")
+  return names
 
-  `features_fn(params, state, images)` is the method's jitted feature extractor.
+
+def run_evaluators(names, method, jitted, ts, sources, num_classes, mesh, config) -> dict:
+  """The evaluators `names` on the frozen model; `jitted` holds the method's jitted encoders.
+
+  knn, linear_probe: top-1 of the (image) backbone features, train split -> test split.
+  zero_shot: top-1 (and top-5) on the test split, class-name prompts x templates.
+  retrieval: image->text and text->image R@1/5/10 over the test split's pairs.
   """
   ev = config.eval
   batch_size = ev.get("batch_size") or config.batch_size
-  features = functools.partial(features_fn, ts["params"], ts["state"])
-  train_x, train_y = evaluate.extract(features, sources[0], mesh, batch_size)
-  test_x, test_y = evaluate.extract(features, sources[1], mesh, batch_size)
-  knn = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                              k=ev.knn_k, temperature=ev.knn_temperature)
-  probe = evaluate.linear_probe_accuracy(
-      train_x, train_y, test_x, test_y, jax.random.PRNGKey(0), num_classes=num_classes,
-      epochs=ev.probe_epochs, batch_size=ev.probe_batch_size, lr=ev.probe_lr,
-      weight_decay=ev.probe_weight_decay)
-  return {"eval/knn_top1": float(knn), "eval/linear_probe_top1": float(probe)}
+  tokenizer = getattr(method, "tokenizer", None)
+  bind = lambda name: functools.partial(jitted[name], ts["params"], ts["state"])
+  extract = functools.partial(evaluate.extract, mesh=mesh, batch_size=batch_size)
+  train_src, test_src = sources
+  out = {}
+  if "knn" in names or "linear_probe" in names:
+    features = bind("features")
+    train_x, train_y = extract(features, train_src, tokenizer=tokenizer)
+    test_x, test_y = extract(features, test_src, tokenizer=tokenizer)
+    if "knn" in names:
+      out["eval/knn_top1"] = float(evaluate.knn_accuracy(
+          train_x, train_y, test_x, test_y, num_classes=num_classes, k=ev.knn_k,
+          temperature=ev.knn_temperature))
+    if "linear_probe" in names:
+      out["eval/linear_probe_top1"] = float(evaluate.linear_probe_accuracy(
+          train_x, train_y, test_x, test_y, jax.random.PRNGKey(0), num_classes=num_classes,
+          epochs=ev.probe_epochs, batch_size=ev.probe_batch_size, lr=ev.probe_lr,
+          weight_decay=ev.probe_weight_decay))
+  if "zero_shot" in names or "retrieval" in names:
+    images, labels = extract(bind("encode_images"), test_src, tokenizer=tokenizer)
+    if "zero_shot" in names:
+      templates = tuple(ev.zero_shot_templates)
+      prompts = evaluate.PromptSource(test_src.class_names, templates, tokenizer)
+      texts, _ = extract(bind("encode_texts"), prompts, key="text")
+      classifier = evaluate.zero_shot_classifier(
+          texts.reshape(len(test_src.class_names), len(templates), -1))
+      ks = (1, 5) if len(test_src.class_names) > 5 else (1,)
+      acc = evaluate.zero_shot_accuracy(images, classifier, labels, ks=ks)
+      out.update({f"eval/zero_shot_top{k}": float(v) for k, v in acc.items()})
+    if "retrieval" in names:
+      texts, _ = extract(bind("encode_texts"), test_src, key="text", tokenizer=tokenizer)
+      recall = evaluate.retrieval_recall(images, texts, np.arange(len(texts)))
+      out.update({f"eval/{k}": float(v) for k, v in recall.items()})
+  return out
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -76,11 +127,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule = _schedule(config, len(train_src))
   total_steps = schedule.total_steps
   method = methods.get(config, schedule)
+  evaluators = check_evaluators(config, method, test_src)
+  tokenizer = getattr(method, "tokenizer", None)
   warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * schedule.steps_per_epoch))
   tx, lr_fn = optim.make(config.optimizer, config.batch_size, total_steps, warmup_steps)
   batches = input_pipeline.train_batches(
       train_src, config.batch_size, config.seed, jax.process_index(), jax.process_count(),
-      num_workers=config.data.get("num_workers", 0))
+      num_workers=config.data.get("num_workers", 0), tokenizer=tokenizer)
 
   example = train_src[0]["image"][None]
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -95,20 +148,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
   ts = ckpt.restore_latest(checkpoint.abstract_like(abstract, state_sharding))
   if ts is None:
+    # Read and checked before the first compile; applied to the fresh state.
+    pretrained = (initialize.load(config.init_from, abstract)
+                  if config.get("init_from") and config.init_from.workdir else {})
     ts = jax.jit(init, out_shardings=state_sharding)(init_rng)
+    if pretrained:
+      ts = initialize.apply(ts, pretrained, state_sharding)
+      logging.info("Initialised %d arrays from %s.", len(pretrained), config.init_from.workdir)
   else:
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(ts["step"]))
   step = int(ts["step"])
 
-  train_step = jax.jit(functools.partial(_train_step, method, tx),
+  frozen = tuple(config.optimizer.get("frozen", ()))
+  train_step = jax.jit(functools.partial(_train_step, method, tx, frozen),
                        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sharding, sharding.replicated(mesh)),
                        donate_argnums=0)
   # Rows past the restored step belong to a run that died before its next checkpoint.
   logger = metrics.MetricLogger(workdir, total_steps, resume_step=step)
-  features_fn = jax.jit(method.features, out_shardings=sharding.batch_sharding(mesh))
+  jitted = {name: jax.jit(getattr(method, name), out_shardings=sharding.batch_sharding(mesh))
+            for name in ("features", "encode_images", "encode_texts") if hasattr(method, name)}
   sources = (train_src, test_src)
-  evaluate_now = lambda: evaluate_features(features_fn, ts, sources, num_classes, mesh, config)
+  evaluate_now = lambda: run_evaluators(evaluators, method, jitted, ts, sources, num_classes,
+                                        mesh, config)
   n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   logging.info("%s: %d steps of global batch %d on mesh %s, %.2fM parameters.", config.method,
                total_steps, config.batch_size, dict(mesh.shape), n_params / 1e6)

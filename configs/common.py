@@ -2,6 +2,7 @@
 import ml_collections
 
 from big_contrast import augment
+from input_pipeline import image_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="digits",           # digits | tfds
       tfds_name="", data_dir="", train_split="train", test_split="test",
-      image_size=32, num_workers=0, mean=IMAGENET_MEAN, std=IMAGENET_STD))
+      image_size=32, num_workers=0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+      # Feature names of image-text records (name="tfds_captions"); "" = no labels.
+      image_key="image", text_key="caption", label_key=""))
 
   c.augment = augment.default_config()   # SimCLR's augmentation.
   c.augment_views = ()         # Per-view overrides of `augment`, e.g. ({"blur_prob": 1.0}, ...).
@@ -38,8 +41,14 @@ def base_config() -> ml_collections.ConfigDict:
       predictor_hidden_dims=(4096,), predictor_last_bn=False))
   # InfoNCE family: positives "instance" (SimCLR) or "label" (SupCon); decoupled (DCL);
   # objective: the poly-view objective (method poly_view).
+  # impl: the sigmoid image-text loss as "full" or chunked "ring" (method siglip).
   c.loss = ml_collections.ConfigDict(dict(temperature=0.1, positives="instance",
-                                          decoupled=False, objective="geometric"))
+                                          decoupled=False, objective="geometric", impl="full"))
+  # Image-text methods: the host-side tokenizer (input_pipeline.tokenizers).
+  c.text = ml_collections.ConfigDict(dict(
+      tokenizer=ml_collections.ConfigDict(dict(name="bytes", length=32, path=""))))
+  # Load parts of the fresh model from a checkpoint of this project (big_contrast/initialize.py).
+  c.init_from = ml_collections.ConfigDict(dict(workdir="", step=0, rules=()))
 
   # Method sections; each method reads only its own.
   # bn_groups: shuffle-BN groups (see methods/moco.py); 1 = BatchNorm over the whole batch.
@@ -58,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
   c.eval = ml_collections.ConfigDict(dict(
       every_steps=0, at_start=False, batch_size=0,   # 0: use config.batch_size
+      evaluators=("knn", "linear_probe"),            # + "zero_shot", "retrieval" (image-text)
+      zero_shot_templates=(),                        # e.g. ("a photo of a {}.",)
       knn_k=20, knn_temperature=0.07,
       probe_epochs=90, probe_batch_size=1024, probe_lr=1e-2, probe_weight_decay=1e-4))
   return c
@@ -85,6 +96,32 @@ def digits_config() -> ml_collections.ConfigDict:
                      warmup_epochs=2.0)
   c.checkpoint.every_steps = 50
   c.eval.update(at_start=True, every_steps=0, probe_epochs=100, probe_batch_size=256)
+  return c
+
+
+def image_text_digits_config(method: str) -> ml_collections.ConfigDict:
+  """What clip_digits / siglip_digits / lit_digits share: digits with generated captions,
+  a small ViT image tower, a byte-level text transformer, zero-shot + retrieval evaluation."""
+  c = digits_config()
+  c.method = method
+  c.num_views = 1
+  c.num_epochs = 90.0          # One cheap view per pair: 505 steps fit the few minutes.
+  c.data.name = "digits_captions"
+  # CLIP-style light augmentation: mild crops, no colour changes on grey digits.
+  c.augment.update(crop_scale=(0.6, 1.0), color_jitter_prob=0.0, grayscale_prob=0.0,
+                   blur_prob=0.0, solarize_prob=0.0)
+  c.text.tokenizer.update(name="bytes", length=48)
+  c.model = ml_collections.ConfigDict(dict(
+      name="two_tower", dtype="float32", embed_dim=64,
+      image=ml_collections.ConfigDict(dict(name="vit", variant="Ti/4", width=64, depth=4,
+                                           heads=4, pool="map", posemb="sincos2d")),
+      text=ml_collections.ConfigDict(dict(width=64, depth=2, heads=4, causal=False,
+                                          pool="last")),
+      temperature_init=1 / 0.07, bias_init=-10.0))
+  c.optimizer.update(name="adamw", lr=1e-3, weight_decay=1e-4, b2=0.95, grad_clip_norm=1.0,
+                     warmup_epochs=2.0)
+  c.eval.update(evaluators=("zero_shot", "retrieval", "knn"),
+                zero_shot_templates=image_text.prompt_templates())
   return c
 
 

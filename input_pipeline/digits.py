@@ -32,16 +32,24 @@ class ArraySource:
 
 
 @functools.lru_cache(maxsize=None)
-def load(split: str, image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-  """Returns uint8 images [N, S, S, 3] and int32 labels [N] of one split."""
+def split_index(split: str) -> np.ndarray:
+  """Rows of `sklearn.datasets.load_digits()` in `split`, sorted (the file order)."""
   if split not in SPLITS:
     raise ValueError(f"Unknown digits split {split!r}; choose from {SPLITS}.")
-  digits = datasets.load_digits()
+  target = datasets.load_digits().target
   train_index, test_index = model_selection.train_test_split(
-      np.arange(len(digits.target)), test_size=_TEST_FRACTION,
-      stratify=digits.target, random_state=_SPLIT_SEED)
-  # Sorted so that the evaluation pass visits the file order.
+      np.arange(len(target)), test_size=_TEST_FRACTION, stratify=target,
+      random_state=_SPLIT_SEED)
   index = np.sort(train_index if split == "train" else test_index)
+  index.flags.writeable = False  # Shared through the cache.
+  return index
+
+
+@functools.lru_cache(maxsize=None)
+def load(split: str, image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+  """Returns uint8 images [N, S, S, 3] and int32 labels [N] of one split."""
+  digits = datasets.load_digits()
+  index = split_index(split)
   images = digits.images[index, :, :, None] * (255.0 / 16.0)
   images = np.stack([resize.resize(image, image_size, image_size)
                      for image in images])

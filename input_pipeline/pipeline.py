@@ -18,11 +18,11 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from input_pipeline import digits, tfds_source
+from input_pipeline import digits, image_text, tfds_source
 
 Batch = dict[str, np.ndarray]
 Source = Sequence[dict[str, Any]]  # Random access: len() and [i].
-DATASETS = ("digits", "tfds")
+DATASETS = ("digits", "tfds") + image_text.DATASETS
 
 # Each element is a whole batch: a few in flight overlap host decoding with
 # the device step without holding many batches of large images in memory.
@@ -34,7 +34,12 @@ def get_sources(data_cfg: ml_collections.ConfigDict) -> tuple[Source, Source, in
 
   'digits' is the embedded default (uses only `image_size`); 'tfds' reads
   `tfds_name` splits `train_split`/`test_split` prepared in `data_dir`.
+  Image-text data ('digits_captions', 'tfds_captions'; input_pipeline.image_text)
+  yields examples with "captions" and has `class_names` for zero-shot evaluation.
   """
+  if data_cfg.name in image_text.DATASETS:
+    train, test = image_text.get_image_text_sources(data_cfg)
+    return train, test, train.num_classes
   if data_cfg.name == "digits":
     return (digits.source("train", data_cfg.image_size),
             digits.source("test", data_cfg.image_size), digits.NUM_CLASSES)
@@ -84,13 +89,32 @@ class TrainBatches:
     return iter(batches)
 
 
+def with_text(tokenizer, example: dict[str, Any],
+              rng: np.random.Generator | None = None) -> dict[str, Any]:
+  """Replaces an image-text example's "captions" by "text", the token ids of one caption.
+
+  A random caption when `rng` is given (training: a fresh pick every epoch), else the first.
+  """
+  captions = example["captions"]
+  i = int(rng.integers(len(captions))) if rng is not None else 0
+  out = {k: v for k, v in example.items() if k != "captions"}
+  out["text"] = tokenizer(captions[i])
+  return out
+
+
 def train_batches(source: Source, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  num_workers: int = 0) -> TrainBatches:
-  """Shuffled, endlessly repeated local batches of dict(image, label)."""
+                  num_workers: int = 0, tokenizer=None) -> TrainBatches:
+  """Shuffled, endlessly repeated local batches of dict(image, label[, text]).
+
+  With a `tokenizer`, image-text examples get "text": one of their captions,
+  picked by an RNG seeded from (seed, stream position) so resuming is exact.
+  """
   # repeat() after shuffle() reshuffles every epoch with a seed derived from
   # (seed, epoch).
   epochs = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  if tokenizer is not None:
+    epochs = epochs.random_map(functools.partial(with_text, tokenizer), seed=seed + 1)
   return TrainBatches(
       _process_batches(epochs, global_batch_size, process_index, process_count),
       num_workers)
@@ -104,13 +128,16 @@ def _masked_example(source: Source, padding: dict[str, np.ndarray],
 
 
 def eval_batches(source: Source, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
-  """One pass in order: local batches of dict(image, label, mask).
+                 process_count: int = 1, tokenizer=None) -> Iterator[Batch]:
+  """One pass in order: local batches of dict(image, label, mask[, text]).
 
   The pass is padded to a multiple of `global_batch_size` so that every
   process runs the same number of equally shaped steps; padding rows are
-  zeros with mask=False.
+  zeros with mask=False. With a `tokenizer`, image-text examples get "text":
+  the tokens of their first caption.
   """
+  if tokenizer is not None:
+    source = grain.MapDataset.source(source).map(functools.partial(with_text, tokenizer))
   num_batches = -(-len(source) // global_batch_size)
   padding = {k: np.zeros_like(v) for k, v in source[0].items()}
   examples = grain.MapDataset.range(num_batches * global_batch_size).map(

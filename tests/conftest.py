@@ -23,10 +23,19 @@ def tiny_config(recipe="simclr_digits", **overrides):
   c.multicrop.crop_size = 4
   if c.model.name == "resnet":
     c.model.width = 4
+  elif c.model.name == "two_tower":
+    if c.model.image.name == "resnet":
+      c.model.image.width = 4
+    else:
+      c.model.image.update(width=16, depth=1, heads=2)
+    c.model.text.update(width=16, depth=1, heads=2)
+    c.model.embed_dim = 8
+    c.text.tokenizer.length = 16
   else:
     c.model.update(width=16, depth=1, heads=2)
-  c.model.head_hidden_dims, c.model.head_dim = (16,), 8
-  c.model.predictor_hidden_dims = (16,)
+  if c.model.name != "two_tower":
+    c.model.head_hidden_dims, c.model.head_dim = (16,), 8
+    c.model.predictor_hidden_dims = (16,)
   c.optimizer.warmup_epochs = 0.0
   c.checkpoint.every_steps = 2
   c.eval.update(at_start=False, batch_size=64, probe_epochs=2, probe_batch_size=64)

@@ -7,3 +7,6 @@ from big_contrast.losses.info_nce import nt_xent
 from big_contrast.losses.swav import sinkhorn
 from big_contrast.losses.swav import swav_loss
 from big_contrast.losses.poly_view import poly_view_loss
+from big_contrast.losses.clip import sigmoid_clip
+from big_contrast.losses.clip import sigmoid_clip_ring
+from big_contrast.losses.clip import softmax_clip

@@ -1,12 +1,14 @@
 """Methods: how a batch of images becomes a loss. One file per method."""
 from big_contrast.methods.base import Method
 from big_contrast.methods.base import Schedule
+from big_contrast.methods.image_text import ImageText
 from big_contrast.methods.moco import MoCo
 from big_contrast.methods.poly_view import PolyView
 from big_contrast.methods.simclr import SimCLR
 from big_contrast.methods.swav import SwAV
 
-METHODS = {"simclr": SimCLR, "moco": MoCo, "swav": SwAV, "poly_view": PolyView}
+METHODS = {"simclr": SimCLR, "moco": MoCo, "swav": SwAV, "poly_view": PolyView,
+           "clip": ImageText, "siglip": ImageText}
 
 
 def check(config):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # name -> (width, depth, heads); the MLP is 4x wide.
+POOLS = ("cls", "gap", "map")
 VARIANTS = {"Ti": (192, 12, 3), "S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16)}
 
 
@@ -20,22 +21,45 @@ def posemb_sincos_2d(h, w, width, temperature=10_000.0):
                      jnp.float32)
 
 
-class _Block(nn.Module):
-  """Pre-LayerNorm transformer block."""
+def _mlp(x, mlp_dim, dtype):
+  y = nn.Dense(mlp_dim, dtype=dtype, kernel_init=nn.initializers.xavier_uniform())(x)
+  return nn.Dense(x.shape[-1], dtype=dtype, kernel_init=nn.initializers.xavier_uniform())(
+      nn.gelu(y))
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm transformer block; `mask` [B, 1, L, L] is True where attention is allowed."""
   heads: int
   mlp_dim: int
-  dtype: Any
+  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     y = nn.LayerNorm(dtype=self.dtype)(x)
     x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype,
-                                            kernel_init=nn.initializers.xavier_uniform())(y, y)
-    y = nn.LayerNorm(dtype=self.dtype)(x)
-    y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform())(y)
-    y = nn.Dense(x.shape[-1], dtype=self.dtype,
-                 kernel_init=nn.initializers.xavier_uniform())(nn.gelu(y))
-    return x + y
+                                            kernel_init=nn.initializers.xavier_uniform())(
+                                                y, y, mask=mask)
+    return x + _mlp(nn.LayerNorm(dtype=self.dtype)(x), self.mlp_dim, self.dtype)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling (Lee et al. 2019; big_vision's "map" head): a learned query
+  attends over the tokens, followed by a residual MLP. [B, L, C] -> [B, C]."""
+  heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    n, _, c = x.shape
+    probe = jnp.tile(self.param("probe", nn.initializers.xavier_uniform(), (1, 1, c)), (n, 1, 1))
+    if mask is not None:  # [B, L] valid tokens -> [B, 1, 1, L]
+      mask = mask[:, None, None, :]
+    x = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype,
+                                        kernel_init=nn.initializers.xavier_uniform())(
+                                            probe.astype(x.dtype), x, mask=mask)
+    x = x + _mlp(nn.LayerNorm(dtype=self.dtype)(x), self.mlp_dim, self.dtype)
+    return x[:, 0]
 
 
 class ViT(nn.Module):
@@ -44,7 +68,8 @@ class ViT(nn.Module):
   Attributes:
     width, depth, heads: transformer size (see VARIANTS for the named ones).
     patch_size: side of the square patches.
-    pool: "cls" (class token) or "gap" (mean over patch tokens).
+    pool: "cls" (class token), "gap" (mean over patch tokens) or "map"
+      (attention pooling, SigLIP's image head).
     posemb: "sincos2d" (fixed) or "learn".
   """
   width: int = 384
@@ -58,8 +83,8 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     del train  # No dropout or BatchNorm.
-    if self.pool not in ("cls", "gap"):
-      raise ValueError(f"ViT pool {self.pool!r} unknown; use 'cls' or 'gap' (config.model.pool).")
+    if self.pool not in POOLS:
+      raise ValueError(f"ViT pool {self.pool!r} unknown; use one of {POOLS} (config.model.pool).")
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 name="embedding")(x.astype(self.dtype))
@@ -73,9 +98,12 @@ class ViT(nn.Module):
       cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
       x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)).astype(x.dtype), x], axis=1)
     for i in range(self.depth):
-      x = _Block(self.heads, 4 * self.width, self.dtype, name=f"block{i}")(x)
+      x = Block(self.heads, 4 * self.width, self.dtype, name=f"block{i}")(x)
     x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
-    x = x[:, 0] if self.pool == "cls" else x.mean(1)
+    if self.pool == "map":
+      x = MAPHead(self.heads, 4 * self.width, self.dtype, name="map_head")(x)
+    else:
+      x = x[:, 0] if self.pool == "cls" else x.mean(1)
     return x.astype(jnp.float32)
 
 

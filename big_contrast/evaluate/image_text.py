@@ -1,0 +1,82 @@
+"""Zero-shot classification and image-text retrieval from joint embeddings."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _l2n(x):
+  x = jnp.asarray(x, jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+
+
+def zero_shot_classifier(text_embeddings):
+  """Class embeddings [C, D] from prompt embeddings [C, T, D] (C classes × T templates).
+
+  As in CLIP: every prompt embedding is l2-normalised, the T of a class are
+  averaged, and the mean is normalised again.
+  """
+  return _l2n(jnp.mean(_l2n(text_embeddings), axis=1))
+
+
+@functools.partial(jax.jit, static_argnames=("ks",))
+def zero_shot_accuracy(image_embeddings, classifier, labels, ks=(1,)):
+  """{k: top-k accuracy} of classifying images [N, D] by cosine to class embeddings [C, D]."""
+  scores = _l2n(image_embeddings) @ classifier.T
+  ranked = jnp.argsort(-scores, axis=1)
+  hit = ranked == labels[:, None]
+  return {k: jnp.mean(jnp.any(hit[:, :k], axis=1)) for k in ks}
+
+
+def _recall(scores, relevant, ks):
+  """Fraction of queries (rows) with a relevant item among their top k, for each k.
+
+  `relevant` [Q, M] marks the right answers; the rank of a query is the number
+  of wrong items scored at least as high as its best relevant item (ties count
+  against the model, so a constant embedding scores 0, not 1).
+  """
+  best = jnp.max(jnp.where(relevant, scores, -jnp.inf), axis=1, keepdims=True)
+  rank = jnp.sum((scores >= best) & ~relevant, axis=1)
+  return {k: jnp.mean(rank < k) for k in ks}
+
+
+@functools.partial(jax.jit, static_argnames=("ks",))
+def retrieval_recall(image_embeddings, text_embeddings, text_to_image, ks=(1, 5, 10)):
+  """Recall@k for image→text and text→image retrieval (as reported for COCO / Flickr30k).
+
+  Args:
+    image_embeddings: [N, D].
+    text_embeddings: [M, D]; an image may have several captions (M ≥ N).
+    text_to_image: [M] index of the image each text describes.
+    ks: the k of R@k.
+  Returns:
+    {"i2t_r@k": ..., "t2i_r@k": ...}: an image query is right if ANY of its
+    captions is in the top k; a text query if its image is.
+  """
+  x, y = _l2n(image_embeddings), _l2n(text_embeddings)
+  scores = x @ y.T                                                     # [N, M]
+  pairs = jnp.arange(x.shape[0])[:, None] == text_to_image[None, :]    # [N, M]
+  i2t = _recall(scores, pairs, ks)
+  t2i = _recall(scores.T, pairs.T, ks)
+  return {**{f"i2t_r@{k}": v for k, v in i2t.items()},
+          **{f"t2i_r@{k}": v for k, v in t2i.items()}}
+
+
+class PromptSource:
+  """Random-access source of the zero-shot prompts: class c, template t -> its tokens."""
+
+  def __init__(self, class_names, templates, tokenizer):
+    self.items = [(c, t.format(name)) for c, name in enumerate(class_names) for t in templates]
+    self.tokenizer = tokenizer
+
+  def __len__(self):
+    return len(self.items)
+
+  def __getitem__(self, i):
+    label, prompt = self.items[i]
+    return {"text": self.tokenizer(prompt), "label": np.int32(label)}
+
+
+def as_numpy(metrics: dict) -> dict:
+  return {k: float(v) for k, v in metrics.items()}

@@ -1,0 +1,99 @@
+"""Image-text pretraining with two towers: CLIP (softmax), SigLIP (sigmoid) and LiT.
+
+  config.method = "clip"    softmax CLIP loss (losses.softmax_clip)
+                  "siglip"  sigmoid loss; config.loss.impl = "full" (losses.sigmoid_clip) or
+                            "ring" (losses.sigmoid_clip_ring, b×b logits per device)
+LiT (Zhai et al. 2022, arXiv:2111.07991) is either of them with a locked tower:
+`config.optimizer.frozen` regexes that cover every parameter of a tower (e.g.
+"image/.*") lock it — no gradient is computed for it (the loop stops them), it
+gets no optimizer state and stays bit-identical — and a locked tower runs in
+inference mode (BatchNorm statistics frozen too). `config.init_from` loads it
+from a checkpoint of this project (big_contrast/initialize.py).
+
+Batches carry "image" (uint8) and "text" (token ids of `config.text.tokenizer`,
+made on the host by the input pipeline).
+"""
+import jax
+import jax.numpy as jnp
+
+from big_contrast import losses
+from big_contrast import models
+from big_contrast import optim
+from big_contrast import sharding
+from big_contrast.methods import base
+from big_contrast.models.two_tower import TwoTower
+from input_pipeline import tokenizers
+
+IMPLS = ("full", "ring")
+TOWERS = ("image", "text")
+
+
+class ImageText(base.Method):
+
+  def __init__(self, config, schedule):
+    super().__init__(config, schedule)
+    self.sigmoid = config.method == "siglip"
+    impl = config.loss.get("impl", "full")
+    if impl not in IMPLS or (impl == "ring" and not self.sigmoid):
+      raise ValueError(f"config.loss.impl={impl!r}: choose 'full', or 'ring' with "
+                       "config.method='siglip' (the ring is the sigmoid loss's chunked form).")
+    if config.num_views != 1:
+      raise ValueError(f"config.num_views={config.num_views}: image-text methods take one "
+                       "image view per pair; set it to 1.")
+    if config.model.get("name") != "two_tower":
+      raise ValueError(f"config.method={config.method!r} needs config.model.name='two_tower' "
+                       f"(with model.image and model.text), got {config.model.get('name')!r}.")
+    self.tokenizer = tokenizers.get_tokenizer(config.text.tokenizer)
+    self.model = models.two_tower(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
+                                  self.tokenizer.length, bias=self.sigmoid)
+    self.mesh = sharding.make_mesh(config.mesh) if impl == "ring" else None
+    self.locked = self._locked_towers(config.optimizer.get("frozen", ()))
+
+  def _dummy_tokens(self, n=1):
+    return jnp.zeros((n, self.tokenizer.length), jnp.int32)
+
+  def _locked_towers(self, patterns):
+    """{tower: True} for towers whose every parameter matches a frozen regex."""
+    size = self.config.augment.crop_size
+    shapes = jax.eval_shape(
+        self.model.init, jax.random.PRNGKey(0),
+        jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32), self._dummy_tokens())["params"]
+    paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(shapes)]
+    return {t: all(optim.is_frozen(p, patterns) for p in paths
+                   if sharding.path_name(p).startswith(t + "/")) for t in TOWERS}
+
+  def init(self, rng, images):
+    variables = dict(self.model.init(rng, self.eval_view(images), self._dummy_tokens(),
+                                     train_image=False, train_text=False))
+    params = variables.pop("params")
+    return params, {"model": variables}
+
+  def loss(self, params, state, batch, rng, step):
+    (images,), _ = self.views(rng, batch["image"])
+    variables = {"params": params, **state["model"]}
+    (x, y, t, b), model_state = self.model.apply(
+        variables, images, batch["text"], train_image=not self.locked["image"],
+        train_text=not self.locked["text"], mutable=list(state["model"]))
+    if not self.sigmoid:
+      return losses.softmax_clip(x, y, t), ({**state, "model": dict(model_state)}, {"t": t})
+    if self.mesh is not None:
+      loss = losses.sigmoid_clip_ring(x, y, t, b, self.mesh)
+    else:
+      loss = losses.sigmoid_clip(x, y, t, b)
+    return loss, ({**state, "model": dict(model_state)}, {"t": t, "b": b})
+
+  def _apply(self, params, state, x, method):
+    return self.model.apply({"params": params, **state["model"]}, x, method=method)
+
+  def features(self, params, state, images):
+    """The image tower's features (k-NN, linear probe)."""
+    return self._apply(params, state, self.eval_view(images), TwoTower.image_features)
+
+  def encode_images(self, params, state, images):
+    """l2-normalised image embeddings in the joint space (zero-shot, retrieval)."""
+    return self._apply(params, state, self.eval_view(images),
+                       lambda m, x: m.encode_image(x, train=False))
+
+  def encode_texts(self, params, state, tokens):
+    """l2-normalised text embeddings in the joint space."""
+    return self._apply(params, state, tokens, lambda m, x: m.encode_text(x, train=False))
