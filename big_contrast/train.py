@@ -113,6 +113,35 @@ def run_evaluators(names, method, jitted, ts, sources, num_classes, mesh, config
   return out
 
 
+def make_optimizer(config, schedule: methods.Schedule):
+  """(optax transformation, learning-rate schedule) of `config.optimizer` for the run."""
+  warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * schedule.steps_per_epoch))
+  return optim.make(config.optimizer, config.batch_size, schedule.total_steps, warmup_steps)
+
+
+def build_step(config, mesh, method, tx, example_images):
+  """The train state's init, its abstract shapes and shardings, and the jitted train step.
+
+  Returns (init(rng) -> train state, init_rng, abstract state, state shardings,
+  train_step(state, batch) -> (state, metrics)); nothing is compiled yet.
+  """
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+
+  def init(rng):
+    params, state = method.init(rng, example_images)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, state=state,
+                opt_state=tx.init(params), rng=train_rng)
+
+  abstract = jax.eval_shape(init, init_rng)
+  state_sharding = sharding.param_shardings(abstract, mesh, config.get("sharding_rules", ()))
+  frozen = tuple(config.optimizer.get("frozen", ()))
+  train_step = jax.jit(functools.partial(_train_step, method, tx, frozen),
+                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                       out_shardings=(state_sharding, sharding.replicated(mesh)),
+                       donate_argnums=0)
+  return init, init_rng, abstract, state_sharding, train_step
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config.method`, evaluating and checkpointing in `workdir`; returns final metrics."""
   start_time = time.time()
@@ -129,22 +158,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   method = methods.get(config, schedule)
   evaluators = check_evaluators(config, method, test_src)
   tokenizer = getattr(method, "tokenizer", None)
-  warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * schedule.steps_per_epoch))
-  tx, lr_fn = optim.make(config.optimizer, config.batch_size, total_steps, warmup_steps)
+  tx, lr_fn = make_optimizer(config, schedule)
   batches = input_pipeline.train_batches(
       train_src, config.batch_size, config.seed, jax.process_index(), jax.process_count(),
       num_workers=config.data.get("num_workers", 0), tokenizer=tokenizer)
-
-  example = train_src[0]["image"][None]
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-
-  def init(rng):
-    params, state = method.init(rng, example)
-    return dict(step=jnp.zeros((), jnp.int32), params=params, state=state,
-                opt_state=tx.init(params), rng=train_rng)
-
-  abstract = jax.eval_shape(init, init_rng)
-  state_sharding = sharding.param_shardings(abstract, mesh, config.get("sharding_rules", ()))
+  init, init_rng, abstract, state_sharding, train_step = build_step(
+      config, mesh, method, tx, train_src[0]["image"][None])
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
   ts = ckpt.restore_latest(checkpoint.abstract_like(abstract, state_sharding))
   if ts is None:
@@ -159,11 +178,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(ts["step"]))
   step = int(ts["step"])
 
-  frozen = tuple(config.optimizer.get("frozen", ()))
-  train_step = jax.jit(functools.partial(_train_step, method, tx, frozen),
-                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_sharding, sharding.replicated(mesh)),
-                       donate_argnums=0)
   # Rows past the restored step belong to a run that died before its next checkpoint.
   logger = metrics.MetricLogger(workdir, total_steps, resume_step=step)
   jitted = {name: jax.jit(getattr(method, name), out_shardings=sharding.batch_sharding(mesh))

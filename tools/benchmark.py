@@ -1,0 +1,280 @@
+"""Training-step benchmark: images/s, step time, FLOPs and MFU, memory, compile time.
+
+  python -m tools.benchmark --config=configs/siglip_b16.py --batch_size=256 --steps=50
+  python -m tools.benchmark --workload=simclr_r50 --json=out.json
+  python -m tools.benchmark --config=configs/simclr_digits.py --data=pipeline --steps=20
+
+It builds exactly what `train.train_and_evaluate` runs (`train.build_step`: the same jitted,
+sharded, donated step) and times it:
+  --data=synthetic  device-resident random batches of the config's shapes: the device alone;
+  --data=pipeline   real batches from the grain pipeline, timed end to end, plus the host
+                    pipeline alone (images/s it can deliver) so that a host bottleneck shows.
+Step time is the median over `--steps` steps after `--warmup`, each synchronised with
+block_until_ready. FLOPs per step are counted two ways and both reported:
+  xla_flops       XLA's cost analysis of the compiled step (all ops, as XLA counts them);
+  matmul_flops    an analytic count from the step's jaxpr: 2·M·N·K for every dot_general and
+                  the same for every convolution, forward and backward, scans multiplied by
+                  their length. MFU = matmul_flops / step time / peak (--peak_tflops, or the
+                  known dense bf16 peak of the GPU).
+Memory: the compiled step's memory analysis (arguments, outputs, temporaries) and, on GPU,
+the device's peak bytes in use. Output: one JSON object (stdout or --json) and a table.
+"""
+import argparse
+import importlib
+import json
+import math
+import statistics
+import sys
+import time
+
+import jax
+import jax.extend.core  # ClosedJaxpr, Jaxpr: walked by jaxpr_flops
+import jax.numpy as jnp
+import numpy as np
+
+# Workloads of the GPU comparison (issue 5): recipe + overrides, peers in ../shared/peers.
+WORKLOADS = {
+    "siglip_b16": ("siglip_b16", {"batch_size": 256, "loss.impl": "full",
+                                  "text.tokenizer.name": "bytes"}),
+    "clip_b16": ("lit_b16", {"batch_size": 256, "optimizer.frozen": (),
+                             "init_from.workdir": "", "text.tokenizer.name": "bytes"}),
+    "simclr_r50": ("simclr_imagenet", {"batch_size": 256}),
+}
+# Dense bf16 peak TFLOP/s by device kind (vendor data sheets, SXM parts, no sparsity).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def _shape_size(shape):
+  return math.prod(int(d) for d in shape)
+
+
+def jaxpr_flops(jaxpr) -> float:
+  """2·M·N·K of every dot_general and convolution in a jaxpr, sub-jaxprs included.
+
+  Scans count `length` times, conds their most expensive branch, while loops once (their
+  trip count is not static).
+  """
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      k = math.prod(lhs[d] for d in lhs_contract)
+      total += 2.0 * _shape_size(eqn.outvars[0].aval.shape) * k
+    elif name == "conv_general_dilated":
+      total += _conv_flops(eqn)
+    if name == "cond":  # One branch runs: count the most expensive.
+      total += max(jaxpr_flops(b.jaxpr) for b in eqn.params["branches"])
+      continue
+    multiplier = eqn.params.get("length", 1) if name == "scan" else 1
+    for sub in _sub_jaxprs(eqn.params):
+      total += multiplier * jaxpr_flops(sub)
+  return total
+
+
+def _conv_flops(eqn) -> float:
+  """2 × (output batch × out features × in features per group) × the (output, kernel) position
+  pairs that read a real input element: padding and the holes of lhs dilation (backward
+  convolutions) are not multiplications."""
+  p = eqn.params
+  lhs, rhs, out = (eqn.invars[0].aval.shape, eqn.invars[1].aval.shape,
+                   eqn.outvars[0].aval.shape)
+  lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+  pairs = 1
+  for d in range(len(lhs_spec) - 2):
+    size, kernel, out_size = lhs[lhs_spec[2 + d]], rhs[rhs_spec[2 + d]], out[out_spec[2 + d]]
+    lhs_dil, rhs_dil = p["lhs_dilation"][d], p["rhs_dilation"][d]
+    pos = (np.arange(out_size)[:, None] * p["window_strides"][d] +
+           np.arange(kernel)[None, :] * rhs_dil - p["padding"][d][0])
+    pairs *= int(np.sum((pos >= 0) & (pos <= (size - 1) * lhs_dil) & (pos % lhs_dil == 0)))
+  return 2.0 * out[out_spec[0]] * out[out_spec[1]] * rhs[rhs_spec[1]] * pairs
+
+
+def _sub_jaxprs(params):
+  for value in params.values():
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(v, jax.extend.core.ClosedJaxpr):
+        yield v.jaxpr
+      elif isinstance(v, jax.extend.core.Jaxpr):
+        yield v
+
+
+def _override(config, overrides):
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    target = config
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def load_config(config_path=None, workload=None, overrides=()):
+  """A recipe (file path or workload name) with `key=value` overrides (values as Python)."""
+  import ast
+  if workload:
+    if workload not in WORKLOADS:
+      raise ValueError(f"--workload={workload!r} is unknown; choose from {sorted(WORKLOADS)}.")
+    recipe, preset = WORKLOADS[workload]
+    config = _override(importlib.import_module(f"configs.{recipe}").get_config(), preset)
+  else:
+    module = config_path.removesuffix(".py").replace("/", ".")
+    config = importlib.import_module(module).get_config()
+  parsed = {}
+  for item in overrides:
+    key, _, value = item.partition("=")
+    try:
+      parsed[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed[key] = value
+  return _override(config, parsed)
+
+
+def synthetic_batch(config, method, mesh):
+  """Random device-resident batch of the shapes training sees (uint8 images, tokens)."""
+  from big_contrast import sharding
+  rng = np.random.default_rng(0)
+  n, s = config.batch_size, config.data.image_size
+  batch = {"image": rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8),
+           "label": rng.integers(0, 10, (n,), dtype=np.int32)}
+  tokenizer = getattr(method, "tokenizer", None)
+  if tokenizer is not None:
+    batch["text"] = tokenizer.batch([f"a photo of item {i}" for i in range(n)])
+  # Every process holds its rows, as the pipeline would deliver them.
+  p, count = jax.process_index(), jax.process_count()
+  local = {k: v[p * n // count:(p + 1) * n // count] for k, v in batch.items()}
+  return sharding.global_batch(local, mesh)
+
+
+def _time_steps(step_fn, state, batches, warmup, steps):
+  times = []
+  for i in range(warmup + steps):
+    batch = next(batches)
+    start = time.perf_counter()
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return state, times
+
+
+def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
+  """Benchmarks the train step of `config`; returns the JSON-able results."""
+  from big_contrast import methods, sharding, train
+  import input_pipeline
+
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_size(config.batch_size, mesh)
+  schedule = methods.Schedule(total_steps=max(1000, warmup + steps), steps_per_epoch=100)
+  method = methods.get(config, schedule)
+  tx, _ = train.make_optimizer(config, schedule)
+  s = config.data.image_size
+  example = np.zeros((1, s, s, 3), np.uint8)
+  init, init_rng, abstract, state_sharding, train_step = train.build_step(
+      config, mesh, method, tx, example)
+  state = jax.jit(init, out_shardings=state_sharding)(init_rng)
+  batch = synthetic_batch(config, method, mesh)
+
+  start = time.perf_counter()
+  lowered = train_step.lower(state, batch)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  step_jaxpr = jax.make_jaxpr(train_step)(state, batch)
+  matmul_flops = jaxpr_flops(step_jaxpr.jaxpr)
+  mem = compiled.memory_analysis()
+
+  result = {
+      "method": config.method, "batch_size": config.batch_size, "image_size": s,
+      "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+      "backend": jax.default_backend(), "jax": jax.__version__, "data": data,
+      "compile_s": compile_s, "xla_flops_per_step": xla_flops,
+      "matmul_flops_per_step": matmul_flops,
+      "params": int(sum(x.size for x in jax.tree.leaves(abstract["params"]))),
+      "memory": {"argument_bytes": mem.argument_size_in_bytes,
+                 "output_bytes": mem.output_size_in_bytes,
+                 "temp_bytes": mem.temp_size_in_bytes,
+                 "generated_code_bytes": mem.generated_code_size_in_bytes},
+  }
+  if data == "synthetic":
+    batches = iter(lambda: batch, None)
+  else:
+    train_src, _, _ = input_pipeline.get_sources(config.data)
+    host = input_pipeline.train_batches(
+        train_src, config.batch_size, config.seed, jax.process_index(), jax.process_count(),
+        num_workers=config.data.get("num_workers", 0),
+        tokenizer=getattr(method, "tokenizer", None))
+    it = host.iterate(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+      next(it)
+    result["host_images_per_s"] = steps * config.batch_size / jax.process_count() / (
+        time.perf_counter() - start)
+    batches = (sharding.global_batch(b, mesh) for b in host.iterate(0))
+  state, times = _time_steps(compiled, state, batches, warmup, steps)
+  median = statistics.median(times)
+  result.update(step_s_median=median, step_s_p10=float(np.percentile(times, 10)),
+                step_s_p90=float(np.percentile(times, 90)), steps=steps, warmup=warmup,
+                images_per_s=config.batch_size / median)
+  peak = peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
+                              if k in result["device_kind"]), None)
+  result["peak_tflops"] = peak
+  result["mfu"] = (matmul_flops / median / (peak * 1e12 * jax.device_count())
+                   if peak else None)
+  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+  result["device_peak_bytes"] = (stats or {}).get("peak_bytes_in_use")
+  return result
+
+
+def table(result) -> str:
+  rows = [("images/s", f"{result['images_per_s']:.1f}"),
+          ("step time (median)", f"{result['step_s_median'] * 1e3:.1f} ms"),
+          ("compile", f"{result['compile_s']:.1f} s"),
+          ("matmul FLOPs/step (jaxpr)", f"{result['matmul_flops_per_step']:.3e}"),
+          ("XLA FLOPs/step", f"{result['xla_flops_per_step']:.3e}"),
+          ("MFU", "n/a (no --peak_tflops)" if result["mfu"] is None
+           else f"{100 * result['mfu']:.1f}%"),
+          ("temp memory", f"{result['memory']['temp_bytes'] / 2**20:.1f} MiB")]
+  if "host_images_per_s" in result:
+    rows.append(("host pipeline images/s", f"{result['host_images_per_s']:.1f}"))
+  if result.get("device_peak_bytes"):
+    rows.append(("device peak memory", f"{result['device_peak_bytes'] / 2**30:.2f} GiB"))
+  width = max(len(k) for k, _ in rows)
+  head = (f"{result['method']} batch {result['batch_size']} on {result['devices']}× "
+          f"{result['device_kind']} ({result['data']} data)")
+  return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", help="recipe file, e.g. configs/siglip_b16.py")
+  parser.add_argument("--workload", help=f"named workload: {sorted(WORKLOADS)}")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set model.dtype=bfloat16")
+  parser.add_argument("--batch_size", type=int)
+  parser.add_argument("--data", choices=("synthetic", "pipeline"), default="synthetic")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--peak_tflops", type=float, help="per-device peak for MFU")
+  parser.add_argument("--json", help="write the JSON result here (default: stdout)")
+  args = parser.parse_args(argv)
+  if bool(args.config) == bool(args.workload):
+    parser.error("give exactly one of --config and --workload")
+  overrides = list(args.set) + ([f"batch_size={args.batch_size}"] if args.batch_size else [])
+  config = load_config(args.config, args.workload, overrides)
+  result = run(config, args.data, args.steps, args.warmup, args.peak_tflops)
+  text = json.dumps(result, indent=1)
+  if args.json:
+    with open(args.json, "w") as f:
+      f.write(text)
+  else:
+    print(text)
+  print(table(result), file=sys.stderr)
+  return result
+
+
+if __name__ == "__main__":
+  main()
