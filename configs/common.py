@@ -8,6 +8,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def override(config: ml_collections.ConfigDict, dotted: dict) -> ml_collections.ConfigDict:
+  """Sets {"a.b.c": value, ...} on `config` in place and returns it (tests, tools)."""
+  for key, value in dotted.items():
+    *parents, leaf = key.split(".")
+    target = config
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "simclr"

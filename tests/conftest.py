@@ -15,6 +15,7 @@ import pytest
 
 def tiny_config(recipe="simclr_digits", **overrides):
   """A recipe shrunk to test size (8x8 images, width-4 ResNet, 4 steps); dotted overrides."""
+  from configs import common
   c = importlib.import_module(f"configs.{recipe}").get_config()
   c.batch_size = 16
   c.total_steps = 4
@@ -39,12 +40,7 @@ def tiny_config(recipe="simclr_digits", **overrides):
   c.optimizer.warmup_epochs = 0.0
   c.checkpoint.every_steps = 2
   c.eval.update(at_start=False, batch_size=64, probe_epochs=2, probe_batch_size=64)
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = c
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  common.override(c, overrides)
   return c
 
 

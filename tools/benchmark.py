@@ -100,24 +100,15 @@ def _sub_jaxprs(params):
         yield v
 
 
-def _override(config, overrides):
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = config
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
-
-
 def load_config(config_path=None, workload=None, overrides=()):
   """A recipe (file path or workload name) with `key=value` overrides (values as Python)."""
   import ast
+  from configs import common
   if workload:
     if workload not in WORKLOADS:
       raise ValueError(f"--workload={workload!r} is unknown; choose from {sorted(WORKLOADS)}.")
     recipe, preset = WORKLOADS[workload]
-    config = _override(importlib.import_module(f"configs.{recipe}").get_config(), preset)
+    config = common.override(importlib.import_module(f"configs.{recipe}").get_config(), preset)
   else:
     module = config_path.removesuffix(".py").replace("/", ".")
     config = importlib.import_module(module).get_config()
@@ -128,7 +119,7 @@ def load_config(config_path=None, workload=None, overrides=()):
       parsed[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       parsed[key] = value
-  return _override(config, parsed)
+  return common.override(config, parsed)
 
 
 def synthetic_batch(config, method, mesh):
