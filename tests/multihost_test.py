@@ -63,3 +63,43 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   # layouts, which can flip a near-tied neighbour of this untrained model (1/360 each).
   knn = float(outs[0][0].split("KNN")[1])
   np.testing.assert_allclose(knn, single["final"]["eval/knn_top1"], atol=0.02)
+
+
+_TINY_FLAGS = ["--config.batch_size=16", "--config.total_steps=2", "--config.data.image_size=8",
+               "--config.augment.crop_size=8", "--config.model.width=4",
+               "--config.model.head_hidden_dims=(16,)", "--config.model.head_dim=8",
+               "--config.optimizer.warmup_epochs=0.0", "--config.eval.at_start=False",
+               "--config.eval.batch_size=64", "--config.eval.probe_epochs=1",
+               "--config.eval.probe_batch_size=64", "--config.checkpoint.every_steps=2"]
+
+
+def test_cli_runs_two_processes_with_explicit_coordinator(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  port = str(_free_port())
+  workdir = str(tmp_path / "cli")
+  workers = [subprocess.Popen(
+      [sys.executable, "-m", "big_contrast.main", "--config=configs/simclr_digits.py",
+       f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}", *_TINY_FLAGS],
+      env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [w.communicate(timeout=400) for w in workers]
+  for w, (_, err) in zip(workers, outs):
+    assert w.returncode == 0, err[-3000:]
+  assert "Finished 2 steps" in outs[0][0]      # process 0 prints the summary ...
+  assert "Finished" not in outs[1][0]          # ... the other one does not
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+
+
+def test_cli_rejects_partial_distributed_flags(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, "-m", "big_contrast.main", "--config=configs/simclr_digits.py",
+       f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:1234"],
+      env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), cwd=root,
+      capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "go together" in out.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")
