@@ -26,6 +26,11 @@ def _flat(tree, prefix):
           for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _flat_state(train_state) -> dict:
+  """{"params/...": leaf, "state/...": leaf}: the paths the rules match."""
+  return {**_flat(train_state["params"], "params"), **_flat(train_state["state"], "state")}
+
+
 def read_source(cfg) -> dict:
   """{path: numpy array} of the source checkpoint's params and state."""
   directory = os.path.join(os.path.abspath(cfg.workdir), "checkpoints")
@@ -43,15 +48,18 @@ def read_source(cfg) -> dict:
         lambda m: ocp.RestoreArgs(restore_type=np.ndarray) if hasattr(m, "shape") else None,
         metadata)
     restored = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=target))
-  return {**_flat(restored["params"], "params"), **_flat(restored["state"], "state")}
+  return _flat_state(restored)
 
 
 def plan(cfg, abstract_state) -> dict:
   """{destination path: source path} for the leaves of `abstract_state` the rules select."""
+  return _match(cfg, _flat_state(abstract_state))
+
+
+def _match(cfg, paths) -> dict:
   rules = [(re.compile(d), s) for d, s in cfg.rules]
   mapping = {}
-  for path in {**_flat(abstract_state["params"], "params"),
-               **_flat(abstract_state["state"], "state")}:
+  for path in paths:
     for regex, template in rules:
       if regex.fullmatch(path):
         mapping[path] = regex.sub(template, path)
@@ -64,9 +72,9 @@ def plan(cfg, abstract_state) -> dict:
 
 def load(cfg, abstract_state) -> dict:
   """{destination path: numpy array} to load, checked against the source's names and shapes."""
-  mapping = plan(cfg, abstract_state)
+  dst = _flat_state(abstract_state)
+  mapping = _match(cfg, dst)
   source = read_source(cfg)
-  dst = {**_flat(abstract_state["params"], "params"), **_flat(abstract_state["state"], "state")}
   values = {}
   for path, src in mapping.items():
     if src not in source:

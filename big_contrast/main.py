@@ -44,7 +44,10 @@ def init_distributed():
     return
   # Cross-process collectives on the CPU backend (tests, CPU clusters); GPUs/TPUs ignore it.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(*explicit) if explicit[0] else jax.distributed.initialize()
+  if explicit[0]:
+    jax.distributed.initialize(*explicit)
+  else:
+    jax.distributed.initialize()  # Auto-detected cluster.
 
 
 def summary(results: dict) -> str:

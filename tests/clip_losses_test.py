@@ -1,12 +1,12 @@
 """Softmax CLIP and sigmoid SigLIP (full and ring) against loop references from the papers."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from big_contrast import losses
 from big_contrast import sharding
 import reference
+from tools import siglip_memory
 
 
 def softmax_clip_reference(zi, zt, t):
@@ -115,21 +115,14 @@ def test_ring_rejects_a_batch_that_does_not_split():
     losses.sigmoid_clip_ring(zi, zt, 10.0, -10.0, mesh)
 
 
-def _temp_bytes(loss_fn, n, d, mesh):
-  spec, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3)), in_shardings=(spec, spec, rep, rep))
-  args = [jax.ShapeDtypeStruct((n, d), jnp.float32)] * 2 + [jax.ShapeDtypeStruct((), jnp.float32)] * 2
-  return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
-
-
 def test_ring_memory_stays_near_one_block_while_full_grows_like_b_times_n():
   # Per-device temporaries of loss + gradient from XLA's compiled memory analysis
   # (tools/siglip_memory.py prints the table). Each device holds b = N/8 pairs.
   mesh = sharding.make_mesh((("data", -1),))
   d, n = 32, 4096
   b = n // 8
-  full = _temp_bytes(losses.sigmoid_clip, n, d, mesh)
-  ring = _temp_bytes(lambda *a: losses.sigmoid_clip_ring(*a, mesh), n, d, mesh)
+  full = siglip_memory.temp_bytes(losses.sigmoid_clip, n, d, mesh)
+  ring = siglip_memory.temp_bytes(lambda *a: losses.sigmoid_clip_ring(*a, mesh), n, d, mesh)
   block, row = 4 * b * b, 4 * b * n  # bytes of one b×b block and of one b×N slice
   assert full >= row          # the full form materialises its b×N logits
   assert ring <= 6 * block    # the ring: a few b×b blocks ...

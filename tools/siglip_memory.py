@@ -11,6 +11,20 @@ import argparse
 import os
 
 
+def temp_bytes(loss_fn, n, d, mesh) -> int:
+  """XLA's temp bytes per device of value_and_grad(loss_fn)(x, y, t, b), x and y [n, d]
+  sharded over the mesh's batch axes; compiled, never run."""
+  import jax
+  import jax.numpy as jnp
+  from big_contrast import sharding
+  spec, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  grad = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3)),
+                 in_shardings=(spec, spec, rep, rep))
+  shapes = ([jax.ShapeDtypeStruct((n, d), jnp.float32)] * 2 +
+            [jax.ShapeDtypeStruct((), jnp.float32)] * 2)
+  return grad.lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--devices", type=int, default=8)
@@ -21,20 +35,11 @@ def main():
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={args.devices}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  import jax
-  import jax.numpy as jnp
   from big_contrast import losses
   from big_contrast import sharding
 
   mesh = sharding.make_mesh((("data", args.devices),))
-  spec, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-
-  def temp_mib(fn, n):
-    grad = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3)),
-                   in_shardings=(spec, spec, rep, rep))
-    shapes = ([jax.ShapeDtypeStruct((n, args.dim), jnp.float32)] * 2 +
-              [jax.ShapeDtypeStruct((), jnp.float32)] * 2)
-    return grad.lower(*shapes).compile().memory_analysis().temp_size_in_bytes / 2**20
+  temp_mib = lambda fn, n: temp_bytes(fn, n, args.dim, mesh) / 2**20
 
   print(f"{args.devices} devices, D={args.dim}, float32; temp MiB per device "
         "(b = N/devices; one b×b block = 4b² bytes)")

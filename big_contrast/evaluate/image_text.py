@@ -5,10 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _l2n(x):
-  x = jnp.asarray(x, jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+from big_contrast.losses.info_nce import l2_normalize as _l2n
 
 
 def zero_shot_classifier(text_embeddings):
@@ -77,6 +74,3 @@ class PromptSource:
     label, prompt = self.items[i]
     return {"text": self.tokenizer(prompt), "label": np.int32(label)}
 
-
-def as_numpy(metrics: dict) -> dict:
-  return {k: float(v) for k, v in metrics.items()}

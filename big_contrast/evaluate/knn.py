@@ -4,6 +4,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from big_contrast.losses.info_nce import l2_normalize
+
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))
 def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20, temperature=0.07,
@@ -14,8 +16,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20, tempera
   nearest training features votes for its class with weight exp(s/τ), where s
   is its cosine similarity to the query.
   """
-  l2n = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
-  train_x, test_x = l2n(train_x.astype(jnp.float32)), l2n(test_x.astype(jnp.float32))
+  train_x, test_x = l2_normalize(train_x), l2_normalize(test_x)
   k = min(k, train_x.shape[0])
   n = test_x.shape[0]
   pad = (-n) % chunk

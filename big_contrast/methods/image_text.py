@@ -49,8 +49,8 @@ class ImageText(base.Method):
     self.mesh = sharding.make_mesh(config.mesh) if impl == "ring" else None
     self.locked = self._locked_towers(config.optimizer.get("frozen", ()))
 
-  def _dummy_tokens(self, n=1):
-    return jnp.zeros((n, self.tokenizer.length), jnp.int32)
+  def _dummy_tokens(self):
+    return jnp.zeros((1, self.tokenizer.length), jnp.int32)
 
   def _locked_towers(self, patterns):
     """{tower: True} for towers whose every parameter matches a frozen regex."""
@@ -74,13 +74,14 @@ class ImageText(base.Method):
     (x, y, t, b), model_state = self.model.apply(
         variables, images, batch["text"], train_image=not self.locked["image"],
         train_text=not self.locked["text"], mutable=list(state["model"]))
+    state = {**state, "model": dict(model_state)}
     if not self.sigmoid:
-      return losses.softmax_clip(x, y, t), ({**state, "model": dict(model_state)}, {"t": t})
+      return losses.softmax_clip(x, y, t), (state, {"t": t})
     if self.mesh is not None:
       loss = losses.sigmoid_clip_ring(x, y, t, b, self.mesh)
     else:
       loss = losses.sigmoid_clip(x, y, t, b)
-    return loss, ({**state, "model": dict(model_state)}, {"t": t, "b": b})
+    return loss, (state, {"t": t, "b": b})
 
   def _apply(self, params, state, x, method):
     return self.model.apply({"params": params, **state["model"]}, x, method=method)
