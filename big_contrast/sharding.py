@@ -68,27 +68,119 @@ def path_name(path) -> str:
   return "/".join(str(n) for n in names)
 
 
+# Megatron-style tensor parallelism of the transformer blocks (models/vit.py Block, in the
+# ViT and the text tower): attention split by heads, the MLP by its hidden units, so each
+# block needs one all-reduce forward and one backward per half. The MAP head (one block
+# over a single query) is left to FSDP: with both its tensor and fsdp splits, XLA's CPU
+# partitioner (jax 0.10.2) computed a wrong loss (tests/sharding_test.py catches it).
+TRANSFORMER_TP = (
+    (r".*block\d+/MultiHeadDotProductAttention_0/(query|key|value)/kernel",
+     (None, "tensor", None)),                                        # [D, heads, head_dim]
+    (r".*block\d+/MultiHeadDotProductAttention_0/(query|key|value)/bias", ("tensor", None)),
+    (r".*block\d+/MultiHeadDotProductAttention_0/out/kernel", ("tensor", None, None)),
+    (r".*block\d+/Dense_0/kernel", (None, "tensor")),                # MLP in [D, 4D]
+    (r".*block\d+/Dense_0/bias", ("tensor",)),
+    (r".*block\d+/Dense_1/kernel", ("tensor", None)),                # MLP out [4D, D]
+)
+# Named rule sets that `config.sharding.rules` may list by name.
+PRESETS = {"fsdp": ((".*", "fsdp"),), "transformer_tp": TRANSFORMER_TP}
+
+
+def expand_rules(rules) -> tuple:
+  """`config.sharding.rules` with preset names replaced by their (regex, spec) rules."""
+  out = []
+  for rule in rules:
+    if isinstance(rule, str):
+      if rule not in PRESETS:
+        raise ValueError(f"config.sharding.rules names {rule!r}; the presets are "
+                         f"{sorted(PRESETS)}, or give (regex, spec) pairs.")
+      out.extend(PRESETS[rule])
+    else:
+      pattern, spec = rule
+      out.append((pattern, spec if isinstance(spec, str) else tuple(spec)))
+  return tuple(out)
+
+
+def _names(axes) -> tuple:
+  """A spec entry ("fsdp", ("data", "fsdp") or None) as a tuple of axis names."""
+  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def check_rules(rules, mesh):
+  """Raises before any compile on rules that name axes the mesh does not have."""
+  for pattern, spec in expand_rules(rules):
+    axes = [spec] if isinstance(spec, str) else [x for a in spec for x in _names(a)]
+    missing = [a for a in axes if a not in mesh.axis_names]
+    if missing:
+      raise ValueError(f"config.sharding.rules: ({pattern!r}, {spec!r}) names mesh axis "
+                       f"{missing[0]!r}, but config.mesh has {tuple(mesh.axis_names)}; add "
+                       f"({missing[0]!r}, N) to config.mesh or drop the rule.")
+
+
+def _leaf_spec(name, shape, mesh, rules, min_size):
+  """PartitionSpec of one leaf: every matching rule, in order, shards what is still free.
+
+  A tuple spec names an axis per dimension (it must divide that dimension); a
+  string spec, e.g. "fsdp", shards the largest free dimension that divides by
+  that axis (FSDP), or nothing if none does. Axes of size 1 are left out.
+  """
+  spec = [None] * len(shape)
+  if math.prod(shape) < min_size:
+    return P()
+  used = set()
+  for pattern, rule in rules:
+    if not re.fullmatch(pattern, name):
+      continue
+    if isinstance(rule, str):
+      if mesh.shape[rule] == 1 or rule in used:
+        continue
+      free = [i for i in range(len(shape))
+              if spec[i] is None and shape[i] % mesh.shape[rule] == 0]
+      if free:
+        spec[max(free, key=lambda i: (shape[i], -i))] = rule
+        used.add(rule)
+      continue
+    if len(rule) > len(shape):
+      raise ValueError(f"config.sharding.rules: ({pattern!r}, {rule}) has {len(rule)} "
+                       f"entries but {name} has shape {shape}.")
+    for i, axes in enumerate(rule):
+      axes = tuple(a for a in _names(axes) if mesh.shape[a] > 1 and a not in used)
+      if not axes or spec[i] is not None:
+        continue
+      size = math.prod(mesh.shape[a] for a in axes)
+      if shape[i] % size:
+        raise ValueError(f"config.sharding.rules: ({pattern!r}, {rule}) splits dimension "
+                         f"{i} of {name} {shape} over {axes} ({size} devices), which does "
+                         "not divide it; change the mesh or the model size.")
+      spec[i] = axes[0] if len(axes) == 1 else axes
+      used.update(axes)
+  while spec and spec[-1] is None:  # P("fsdp", None) and P("fsdp") are one sharding.
+    spec.pop()
+  return P(*spec)
+
+
 def param_shardings(tree, mesh, rules=(), min_size: int = 2**14):
   """NamedShardings for a pytree from regex rules on its '/'-joined paths.
 
-  The first rule whose regex matches (re.fullmatch) a leaf's path gives its
-  PartitionSpec; leaves with fewer than `min_size` elements, whose dimensions
-  do not divide by the named axes, or matching no rule are replicated.
+  `rules`: (regex, spec) pairs or preset names (PRESETS); a regex must match the
+  whole path (re.fullmatch), e.g. "params/image/block0/Dense_0/kernel" or the
+  same path under "opt_state/..." (optimizer moments shard like their
+  parameter). Leaves with fewer than `min_size` elements stay replicated.
   """
-  def spec(path, leaf):
-    name = path_name(path)
-    shape = getattr(leaf, "shape", ())
-    if math.prod(shape) < min_size:
-      return NamedSharding(mesh, P())
-    for pattern, axes in rules:
-      if re.fullmatch(pattern, name):
-        axes = tuple(axes) + (None,) * (len(shape) - len(axes))
-        fits = len(axes) == len(shape) and all(
-            a is None or shape[i] % math.prod(mesh.shape[x] for x in np.atleast_1d(a)) == 0
-            for i, a in enumerate(axes))
-        return NamedSharding(mesh, P(*axes)) if fits else NamedSharding(mesh, P())
-    return NamedSharding(mesh, P())
-  return jax.tree_util.tree_map_with_path(spec, tree)
+  check_rules(rules, mesh)
+  rules = expand_rules(rules)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, _leaf_spec(
+          path_name(path), tuple(getattr(leaf, "shape", ())), mesh, rules, min_size)), tree)
+
+
+def bytes_per_device(tree, shardings) -> int:
+  """Bytes one device holds of `tree` (abstract or concrete arrays) under `shardings`."""
+  total = 0
+  for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    shard = s.shard_shape(x.shape) if x.shape else ()
+    total += math.prod(shard) * np.dtype(x.dtype).itemsize
+  return total
 
 
 def global_batch(local_batch: dict, mesh) -> dict:

@@ -15,6 +15,7 @@ import optax
 
 from big_contrast import checkpoint
 from big_contrast import evaluate
+from big_contrast import grad_cache
 from big_contrast import initialize
 from big_contrast import methods
 from big_contrast import metrics
@@ -27,16 +28,20 @@ EVALUATORS = ("knn", "linear_probe", "zero_shot", "retrieval")
 IMAGE_TEXT_EVALUATORS = ("zero_shot", "retrieval")
 
 
-def _train_step(method, tx, frozen, ts, batch):
+def _train_step(method, tx, frozen, micro_batches, mesh, ts, batch):
   # The step's randomness depends only on (seed, step): resuming is exact.
   rng = jax.random.fold_in(ts["rng"], ts["step"])
+  if micro_batches > 1:
+    (loss, (state, step_metrics)), grads = grad_cache.value_and_grad(
+        method, ts["params"], ts["state"], batch, rng, micro_batches, mesh, frozen)
+  else:
+    def loss_fn(params):
+      # Frozen parameters are constants: XLA computes no gradient for them (LiT's locked tower).
+      params = optim.stop_frozen(params, frozen)
+      return method.loss(params, ts["state"], batch, rng, ts["step"])
 
-  def loss_fn(params):
-    # Frozen parameters are constants: XLA computes no gradient for them (LiT's locked tower).
-    params = optim.stop_frozen(params, frozen)
-    return method.loss(params, ts["state"], batch, rng, ts["step"])
-
-  (loss, (state, step_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts["params"])
+    (loss, (state, step_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        ts["params"])
   updates, opt_state = tx.update(grads, ts["opt_state"], ts["params"])
   params = optax.apply_updates(ts["params"], updates)
   params, state = method.after_update(params, state, ts["step"])
@@ -133,9 +138,12 @@ def build_step(config, mesh, method, tx, example_images):
                 opt_state=tx.init(params), rng=train_rng)
 
   abstract = jax.eval_shape(init, init_rng)
-  state_sharding = sharding.param_shardings(abstract, mesh, config.get("sharding_rules", ()))
+  state_sharding = sharding.param_shardings(abstract, mesh, config.sharding.rules,
+                                            config.sharding.min_size)
   frozen = tuple(config.optimizer.get("frozen", ()))
-  train_step = jax.jit(functools.partial(_train_step, method, tx, frozen),
+  step_fn = functools.partial(_train_step, method, tx, frozen, config.get("micro_batches", 1),
+                              mesh)
+  train_step = jax.jit(step_fn,
                        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sharding, sharding.replicated(mesh)),
                        donate_argnums=0)
@@ -149,6 +157,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   optim.check(config.optimizer)
   methods.check(config)
   mesh = sharding.make_mesh(config.mesh)
+  sharding.check_rules(config.sharding.rules, mesh)
   sharding.check_batch_size(config.batch_size, mesh)
   if config.eval.get("batch_size"):
     sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
@@ -156,6 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   schedule = _schedule(config, len(train_src))
   total_steps = schedule.total_steps
   method = methods.get(config, schedule)
+  grad_cache.check(config, method, mesh)
   evaluators = check_evaluators(config, method, test_src)
   tokenizer = getattr(method, "tokenizer", None)
   tx, lr_fn = make_optimizer(config, schedule)
@@ -186,8 +196,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluate_now = lambda: run_evaluators(evaluators, method, jitted, ts, sources, num_classes,
                                         mesh, config)
   n_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
-  logging.info("%s: %d steps of global batch %d on mesh %s, %.2fM parameters.", config.method,
-               total_steps, config.batch_size, dict(mesh.shape), n_params / 1e6)
+  logging.info("%s: %d steps of global batch %d on mesh %s, %.2fM parameters; train state "
+               "%.1f MiB per device.", config.method, total_steps, config.batch_size,
+               dict(mesh.shape), n_params / 1e6,
+               sharding.bytes_per_device(abstract, state_sharding) / 2**20)
 
   results = {}
   if step == 0 and config.eval.get("at_start"):

@@ -30,11 +30,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 256
   c.num_epochs = 100.0
   c.total_steps = 0            # > 0 overrides num_epochs.
+  # > 1: GradCache (big_contrast/grad_cache.py): the full batch's loss and gradient,
+  # computed in this many micro-batches to bound activation memory.
+  c.micro_batches = 1
   c.log_every_steps = 50
   # Mesh axes and sizes; -1 takes all remaining devices. The batch is split
-  # over "data" and "fsdp"; parameters are replicated unless a rule matches.
+  # over "data" and "fsdp"; "tensor" splits transformer blocks (README "Scaling out").
   c.mesh = (("data", -1),)
-  c.sharding_rules = ()        # ((regex on param path, partition spec tuple), ...)
+  # Parameters and optimizer state are replicated unless a rule matches their path:
+  # rules: (regex, spec) pairs, spec a PartitionSpec tuple or an axis name for "the largest
+  # dimension it divides" (FSDP), or preset names: "fsdp", "transformer_tp" (sharding.PRESETS).
+  # Leaves under min_size elements stay replicated.
+  c.sharding = ml_collections.ConfigDict(dict(rules=(), min_size=2**14))
 
   c.data = ml_collections.ConfigDict(dict(
       name="digits",           # digits | tfds
@@ -46,9 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment = augment.default_config()   # SimCLR's augmentation.
   c.augment_views = ()         # Per-view overrides of `augment`, e.g. ({"blur_prob": 1.0}, ...).
 
+  # dtype: compute, param_dtype: storage (float32|bfloat16|float16); remat: none|full|dots.
   c.model = ml_collections.ConfigDict(dict(
-      name="resnet", depth=50, width=64, stem="imagenet", dtype="float32",
-      head_hidden_dims=(2048,), head_dim=128, head_bn=True, head_last_bn=False,
+      name="resnet", depth=50, width=64, stem="imagenet", dtype="float32", param_dtype="float32",
+      remat="none", head_hidden_dims=(2048,), head_dim=128, head_bn=True, head_last_bn=False,
       predictor_hidden_dims=(4096,), predictor_last_bn=False))
   # InfoNCE family: positives "instance" (SimCLR) or "label" (SupCon); decoupled (DCL);
   # objective: the poly-view objective (method poly_view).
@@ -122,8 +130,9 @@ def image_text_digits_config(method: str) -> ml_collections.ConfigDict:
   c.augment.update(crop_scale=(0.6, 1.0), color_jitter_prob=0.0, grayscale_prob=0.0,
                    blur_prob=0.0, solarize_prob=0.0)
   c.text.tokenizer.update(name="bytes", length=48)
+  # dtype, param_dtype and remat (as in base_config) apply to both towers.
   c.model = ml_collections.ConfigDict(dict(
-      name="two_tower", dtype="float32", embed_dim=64,
+      name="two_tower", dtype="float32", param_dtype="float32", remat="none", embed_dim=64,
       image=ml_collections.ConfigDict(dict(name="vit", variant="Ti/4", width=64, depth=4,
                                            heads=4, pool="map", posemb="sincos2d")),
       text=ml_collections.ConfigDict(dict(width=64, depth=2, heads=4, causal=False,

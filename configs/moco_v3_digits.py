@@ -18,8 +18,8 @@ def get_config(arg=None):
                 symmetric=True)
   c.model = ml_collections.ConfigDict(dict(
       name="vit", variant="Ti/4", width=64, depth=4, heads=4, pool="cls", posemb="sincos2d",
-      dtype="float32", head_hidden_dims=(256, 256), head_dim=64, head_last_bn=True,
-      predictor_hidden_dims=(256,), predictor_last_bn=True))
+      dtype="float32", param_dtype="float32", remat="none", head_hidden_dims=(256, 256),
+      head_dim=64, head_last_bn=True, predictor_hidden_dims=(256,), predictor_last_bn=True))
   # MoCo v3's stability trick: a frozen random patch projection.
   c.optimizer.frozen = (r"backbone/embedding/.*",)
   c.loss.temperature = 0.2

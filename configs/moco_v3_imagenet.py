@@ -26,6 +26,7 @@ def get_config(arg=None):
                      {"blur_prob": 0.1, "solarize_prob": 0.2})
   c.model = ml_collections.ConfigDict(dict(
       name="vit", variant="B/16", pool="cls", posemb="sincos2d", dtype="bfloat16",
+      param_dtype="float32", remat="none",
       head_hidden_dims=(4096, 4096), head_dim=256, head_last_bn=True,
       predictor_hidden_dims=(4096,), predictor_last_bn=True))
   c.moco.update(momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True,

@@ -32,7 +32,7 @@ def get_config(arg=None):
                    grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
   c.text.tokenizer.update(name="sentencepiece", length=64, path="")
   c.model = ml_collections.ConfigDict(dict(
-      name="two_tower", dtype="bfloat16", embed_dim=768,
+      name="two_tower", dtype="bfloat16", param_dtype="float32", remat="none", embed_dim=768,
       image=ml_collections.ConfigDict(dict(name="vit", variant="B/16", pool="map",
                                            posemb="learn")),
       text=ml_collections.ConfigDict(dict(width=768, depth=12, heads=12, causal=False,

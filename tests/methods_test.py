@@ -199,7 +199,8 @@ def test_poly_view_with_two_views_is_simclr():
 
 def test_supcon_uses_labels_as_positives():
   method, params, state = _init(tiny_config("supcon_digits"))
-  z, _ = method.embed(params, state, _batch(), jax.random.PRNGKey(0))
+  z, _ = method.embed(params, state, method.inputs(_batch(), jax.random.PRNGKey(0)))
+  z = jnp.swapaxes(z, 0, 1)
   labels = _batch()["label"]
   want = losses.contrastive(z.reshape(32, -1), jnp.tile(labels, 2), 0.1)
   got, _ = method.loss(params, state, _batch(), jax.random.PRNGKey(0), 0)

@@ -1,4 +1,5 @@
 """Two processes on one machine (jax.distributed over 127.0.0.1, gloo) train like one."""
+import json
 import os
 import socket
 import subprocess
@@ -11,9 +12,13 @@ import numpy as np
 from big_contrast import train
 from conftest import tiny_config
 
-_WORKER = textwrap.dedent("""
+# Data parallel across the two processes, FSDP over the 4 devices of each: parameters,
+# optimizer state and BatchNorm statistics are split, and the batch over all 8 devices.
+MESH = {"mesh": [("data", 2), ("fsdp", 4)], "sharding.rules": ("fsdp",), "sharding.min_size": 0}
+
+_WORKER = f"MESH = {MESH!r}\n" + textwrap.dedent("""
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
     import numpy as np
@@ -21,9 +26,11 @@ _WORKER = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+    # Starts the backend with 4 devices before conftest (imported next) asks for 8.
+    assert len(jax.local_devices()) == 4 and len(jax.devices()) == 8
     from big_contrast import train
     from conftest import tiny_config
-    results = train.train_and_evaluate(tiny_config(mesh=[("data", -1)]), workdir)
+    results = train.train_and_evaluate(tiny_config(**MESH), workdir)
     params = multihost_utils.process_allgather(results["train_state"]["params"], tiled=True)
     flat = {jax.tree_util.keystr(k): np.asarray(v)
             for k, v in jax.tree_util.tree_leaves_with_path(params)}
@@ -33,13 +40,18 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [row["loss"] for row in map(json.loads, f) if "loss" in row]
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.path.join(root, "tests")]))
   port = str(_free_port())
@@ -52,10 +64,15 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   # Orbax wrote the checkpoints of the 2-process run (every 2 steps, and the last).
   assert sorted(os.listdir(tmp_path / "mh" / "checkpoints")) == ["2", "4"]
 
-  single = train.train_and_evaluate(tiny_config(mesh=[("data", 4)]), str(tmp_path / "single"))
+  single = train.train_and_evaluate(tiny_config(**MESH), str(tmp_path / "single"))
+  conv = single["train_state"]["params"]["backbone"]["stem_conv"]["kernel"]
+  assert conv.sharding.spec != jax.sharding.PartitionSpec()  # FSDP did split it
+  # The same loss at every step (process 0 wrote the log) ...
+  np.testing.assert_allclose(_losses(tmp_path / "mh"), _losses(tmp_path / "single"), rtol=1e-5)
+  assert len(_losses(tmp_path / "single")) == 4
   want = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_leaves_with_path(single["train_state"]["params"])}
-  got = np.load(tmp_path / "mh" / "params.npz")
+  got = np.load(tmp_path / "mh" / "params.npz")  # ... and the same parameters at the end.
   assert set(got.files) == set(want)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
@@ -70,7 +87,10 @@ _TINY_FLAGS = ["--config.batch_size=16", "--config.total_steps=2", "--config.dat
                "--config.model.head_hidden_dims=(16,)", "--config.model.head_dim=8",
                "--config.optimizer.warmup_epochs=0.0", "--config.eval.at_start=False",
                "--config.eval.batch_size=64", "--config.eval.probe_epochs=1",
-               "--config.eval.probe_batch_size=64", "--config.checkpoint.every_steps=2"]
+               "--config.eval.probe_batch_size=64", "--config.checkpoint.every_steps=2",
+               # As in the README's cluster commands: mesh and rules from the command line.
+               "--config.mesh=(('data', 2), ('fsdp', 2))", "--config.sharding.rules=('fsdp',)",
+               "--config.sharding.min_size=0"]
 
 
 def test_cli_runs_two_processes_with_explicit_coordinator(tmp_path):

@@ -152,13 +152,14 @@ def _time_steps(step_fn, state, batches, warmup, steps):
 
 def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
   """Benchmarks the train step of `config`; returns the JSON-able results."""
-  from big_contrast import methods, sharding, train
+  from big_contrast import grad_cache, methods, sharding, train
   import input_pipeline
 
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh)
   schedule = methods.Schedule(total_steps=max(1000, warmup + steps), steps_per_epoch=100)
   method = methods.get(config, schedule)
+  grad_cache.check(config, method, mesh)
   tx, _ = train.make_optimizer(config, schedule)
   s = config.data.image_size
   example = np.zeros((1, s, s, 3), np.uint8)

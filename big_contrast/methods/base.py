@@ -101,6 +101,39 @@ class Method(abc.ABC):
     """See the class docstring."""
 
 
+class EmbeddingMethod(Method):
+  """A method whose loss is a function of per-example embeddings of the whole batch.
+
+    inputs(batch, rng) -> pytree, leading axis = batch: the views (augmentation only)
+    embed(params, state, inputs) -> (embeddings, new_state), leading axis = batch; one
+      example's embedding depends on other examples only through BatchNorm statistics
+    embedding_loss(params, embeddings, batch) -> (loss, metrics): the contrastive loss
+      over the global batch (it may use params directly, e.g. CLIP's temperature)
+
+  loss = embedding_loss(params, embed(params, state, inputs(batch, rng)), batch). The
+  split is what GradCache (big_contrast/grad_cache.py, `config.micro_batches`) needs to
+  embed micro-batches separately while the loss still sees every negative.
+  """
+
+  @abc.abstractmethod
+  def inputs(self, batch, rng):
+    """See the class docstring."""
+
+  @abc.abstractmethod
+  def embed(self, params, state, inputs):
+    """See the class docstring."""
+
+  @abc.abstractmethod
+  def embedding_loss(self, params, embeddings, batch):
+    """See the class docstring."""
+
+  def loss(self, params, state, batch, rng, step):
+    del step
+    embeddings, state = self.embed(params, state, self.inputs(batch, rng))
+    loss, metrics = self.embedding_loss(params, embeddings, batch)
+    return loss, (state, metrics)
+
+
 class Encoder(nn.Module):
   """Backbone f(·), projector g(·) and an optional predictor q(·) (MoCo v3, BYOL).
 
@@ -126,14 +159,14 @@ class Encoder(nn.Module):
 
 def encoder(model_cfg, predictor: bool = False) -> Encoder:
   """Encoder from `config.model` (head_* for the projector, predictor_* for the predictor)."""
-  dtype = jnp.dtype(model_cfg.get("dtype", "float32"))
+  dtypes = models.dtypes(model_cfg)
   projector = models.MLPHead(tuple(model_cfg.head_hidden_dims), model_cfg.head_dim,
                              use_bn=model_cfg.get("head_bn", True),
-                             last_bn=model_cfg.get("head_last_bn", False), dtype=dtype)
+                             last_bn=model_cfg.get("head_last_bn", False), **dtypes)
   if predictor:
     # MoCo v3 ends its ViT predictor with a BatchNorm without affine (its ResNet one, not).
     predictor = models.MLPHead(tuple(model_cfg.predictor_hidden_dims), model_cfg.head_dim,
-                               last_bn=model_cfg.get("predictor_last_bn", False), dtype=dtype)
+                               last_bn=model_cfg.get("predictor_last_bn", False), **dtypes)
   return Encoder(models.backbone(model_cfg), projector, predictor or None)
 
 

@@ -28,7 +28,7 @@ IMPLS = ("full", "ring")
 TOWERS = ("image", "text")
 
 
-class ImageText(base.Method):
+class ImageText(base.EmbeddingMethod):
 
   def __init__(self, config, schedule):
     super().__init__(config, schedule)
@@ -68,20 +68,26 @@ class ImageText(base.Method):
     params = variables.pop("params")
     return params, {"model": variables}
 
-  def loss(self, params, state, batch, rng, step):
+  def inputs(self, batch, rng):
     (images,), _ = self.views(rng, batch["image"])
-    variables = {"params": params, **state["model"]}
-    (x, y, t, b), model_state = self.model.apply(
-        variables, images, batch["text"], train_image=not self.locked["image"],
-        train_text=not self.locked["text"], mutable=list(state["model"]))
-    state = {**state, "model": dict(model_state)}
+    return {"image": images, "text": batch["text"]}
+
+  def embed(self, params, state, inputs):
+    """((x, y), new state): l2-normalised image and text embeddings [N, E]."""
+    (x, y), model_state = self.model.apply(
+        {"params": params, **state["model"]}, inputs["image"], inputs["text"],
+        train_image=not self.locked["image"], train_text=not self.locked["text"],
+        mutable=list(state["model"]), method=TwoTower.embed)
+    return (x, y), {**state, "model": dict(model_state)}
+
+  def embedding_loss(self, params, embeddings, batch):
+    x, y = embeddings
+    t, b = self.model.apply({"params": params}, method=TwoTower.scale_and_bias)
     if not self.sigmoid:
-      return losses.softmax_clip(x, y, t), (state, {"t": t})
+      return losses.softmax_clip(x, y, t), {"t": t}
     if self.mesh is not None:
-      loss = losses.sigmoid_clip_ring(x, y, t, b, self.mesh)
-    else:
-      loss = losses.sigmoid_clip(x, y, t, b)
-    return loss, (state, {"t": t, "b": b})
+      return losses.sigmoid_clip_ring(x, y, t, b, self.mesh), {"t": t, "b": b}
+    return losses.sigmoid_clip(x, y, t, b), {"t": t, "b": b}
 
   def _apply(self, params, state, x, method):
     return self.model.apply({"params": params, **state["model"]}, x, method=method)

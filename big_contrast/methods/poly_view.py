@@ -4,6 +4,8 @@ SimCLR's pipeline with `config.num_views` = M > 2 views per image and one of
 the poly-view objectives (`config.loss.objective`: geometric, arithmetic or
 multicrop) on the [M, N, D] projections of the GLOBAL batch.
 """
+import jax.numpy as jnp
+
 from big_contrast import losses
 from big_contrast.losses import poly_view
 from big_contrast.methods import simclr
@@ -22,7 +24,6 @@ class PolyView(simclr.SimCLR):
     if config.num_views < 2:
       raise ValueError(f"config.num_views={config.num_views}: poly-view needs at least 2.")
 
-  def loss(self, params, state, batch, rng, step):
-    z, state = self.embed(params, state, batch, rng)
-    return losses.poly_view_loss(z, self.config.loss.temperature, self.config.loss.objective), (
-        state, {})
+  def embedding_loss(self, params, embeddings, batch):
+    z = jnp.swapaxes(embeddings, 0, 1)  # [M, N, D]
+    return losses.poly_view_loss(z, self.config.loss.temperature, self.config.loss.objective), {}

@@ -14,7 +14,7 @@ from big_contrast.methods import base
 POSITIVES = ("instance", "label")
 
 
-class SimCLR(base.Method):
+class SimCLR(base.EmbeddingMethod):
 
   def __init__(self, config, schedule):
     super().__init__(config, schedule)
@@ -27,20 +27,23 @@ class SimCLR(base.Method):
     params, model_state = base.init_model(self.model, rng, self.eval_view(images))
     return params, {"model": model_state}
 
-  def embed(self, params, state, batch, rng):
-    """Projections [V, N, D] of the views of the batch, and the new state."""
-    z, model_state = base.project_views(self.model, params, state["model"],
-                                        *self.views(rng, batch["image"]))
-    return z, {**state, "model": model_state}
+  def inputs(self, batch, rng):
+    large, small = self.views(rng, batch["image"])
+    return {"large": large, "small": small}
 
-  def loss(self, params, state, batch, rng, step):
-    z, state = self.embed(params, state, batch, rng)
-    v, n = z.shape[:2]
+  def embed(self, params, state, inputs):
+    """Projections [N, V, D] of the V views of the N examples, and the new state."""
+    z, model_state = base.project_views(self.model, params, state["model"], inputs["large"],
+                                        inputs["small"])
+    return jnp.swapaxes(z, 0, 1), {**state, "model": model_state}
+
+  def embedding_loss(self, params, embeddings, batch):
+    n, v = embeddings.shape[:2]
     cfg = self.config.loss
     ids = batch["label"] if cfg.get("positives", "instance") == "label" else jnp.arange(n)
-    loss = losses.contrastive(z.reshape(v * n, -1), jnp.tile(ids, v), cfg.temperature,
-                              cfg.get("decoupled", False))
-    return loss, (state, {})
+    z = jnp.swapaxes(embeddings, 0, 1).reshape(v * n, -1)  # view-major, as the loss expects
+    return losses.contrastive(z, jnp.tile(ids, v), cfg.temperature,
+                              cfg.get("decoupled", False)), {}
 
   def features(self, params, state, images):
     (h, _), _ = base.forward(self.model, params, state["model"], self.eval_view(images),

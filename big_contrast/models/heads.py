@@ -16,18 +16,21 @@ class MLPHead(nn.Module):
   use_bn: bool = True
   last_bn: bool = False
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     bn = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                   dtype=self.dtype, **kw)
+                                   dtype=self.dtype, param_dtype=self.param_dtype, **kw)
     x = x.astype(self.dtype)
     for i, d in enumerate(self.hidden_dims):
-      x = nn.Dense(d, use_bias=not self.use_bn, dtype=self.dtype, name=f"hidden{i}")(x)
+      x = nn.Dense(d, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name=f"hidden{i}")(x)
       if self.use_bn:
         x = bn(name=f"hidden{i}_norm")(x)
       x = nn.relu(x)
-    x = nn.Dense(self.out_dim, use_bias=not self.last_bn, dtype=self.dtype, name="out")(x)
+    x = nn.Dense(self.out_dim, use_bias=not self.last_bn, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="out")(x)
     if self.last_bn:
       x = bn(use_scale=False, use_bias=False, name="out_norm")(x)
     return x.astype(jnp.float32)

@@ -11,6 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from big_contrast.models import remat as remat_lib
+
 # name -> (block kind, blocks per stage)
 _DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -64,13 +66,17 @@ class ResNet(nn.Module):
     width: channels of the first stage (64 in the paper).
     stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv,
       no pool) for small images.
-    dtype: compute dtype (e.g. bfloat16); parameters stay float32.
+    dtype: compute dtype (e.g. bfloat16).
+    param_dtype: dtype the parameters are stored in (BatchNorm statistics stay float32).
+    remat: rematerialisation policy of every residual block (remat.POLICIES).
   """
   depth: int = 50
   width: int = 64
   stem: str = "imagenet"
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -78,9 +84,11 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet depth {self.depth} unknown; choose from {sorted(_DEPTHS)} "
                        "(config.model.depth).")
     kind, stages = _DEPTHS[self.depth]
-    conv = functools.partial(_Conv, dtype=self.dtype)
+    conv = functools.partial(_Conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    # `train` is bound here, so the (rematerialised) blocks take arrays only.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype)
+                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
       x = nn.relu(norm(name="stem_norm")(conv(self.width, (7, 7), 2, name="stem_conv")(x)))
@@ -90,9 +98,10 @@ class ResNet(nn.Module):
     else:
       raise ValueError(f"ResNet stem {self.stem!r} unknown; use 'imagenet' or 'cifar' "
                        "(config.model.stem).")
+    block = remat_lib.wrap(_Block, self.remat)
     for i, blocks in enumerate(stages):
       for j in range(blocks):
-        x = _Block(self.width * 2**i, 2 if (i > 0 and j == 0) else 1,
-                   kind == "bottleneck", norm, conv, name=f"stage{i + 1}_block{j + 1}")(x)
+        x = block(self.width * 2**i, 2 if (i > 0 and j == 0) else 1,
+                  kind == "bottleneck", norm, conv, name=f"stage{i + 1}_block{j + 1}")(x)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 

@@ -4,6 +4,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from big_contrast.models import remat as remat_lib
 from big_contrast.models.vit import Block
 from big_contrast.models.vit import MAPHead
 
@@ -26,6 +27,8 @@ class TextTransformer(nn.Module):
     pool: "last" (last non-pad token), "first", "gap" (mean of non-pad tokens) or
       "map" (attention pooling).
     pad_id: the padding id.
+    dtype, param_dtype: compute and parameter storage dtypes.
+    remat: rematerialisation policy of every block (remat.POLICIES).
   """
   vocab_size: int
   width: int = 512
@@ -36,6 +39,8 @@ class TextTransformer(nn.Module):
   pool: str = "last"
   pad_id: int = 0
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, tokens, train: bool = True):
@@ -49,16 +54,18 @@ class TextTransformer(nn.Module):
                        f"{self.context_length}; set config.text.tokenizer.length <= it.")
     valid = tokens != self.pad_id
     x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
-                 dtype=self.dtype, name="embedding")(tokens)
+                 dtype=self.dtype, param_dtype=self.param_dtype, name="embedding")(tokens)
     pos = self.param("pos_embedding", nn.initializers.normal(0.01),
-                     (1, self.context_length, self.width))
+                     (1, self.context_length, self.width), self.param_dtype)
     x = x + pos[:, :length].astype(x.dtype)
     mask = nn.make_attention_mask(valid, valid)
     if self.causal:
       mask = nn.combine_masks(mask, nn.make_causal_mask(tokens))
+    block = remat_lib.wrap(Block, self.remat)
     for i in range(self.depth):
-      x = Block(self.heads, 4 * self.width, self.dtype, name=f"block{i}")(x, mask)
-    x = nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+      x = block(self.heads, 4 * self.width, self.dtype, self.param_dtype,
+                name=f"block{i}")(x, mask)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
     if self.pool == "last":
       last = jnp.maximum(valid.sum(1) - 1, 0)
       x = x[jnp.arange(n), last]
@@ -68,5 +75,6 @@ class TextTransformer(nn.Module):
       w = valid[..., None].astype(x.dtype)
       x = (x * w).sum(1) / jnp.maximum(w.sum(1), 1)
     else:
-      x = MAPHead(self.heads, 4 * self.width, self.dtype, name="map_head")(x, valid)
+      x = MAPHead(self.heads, 4 * self.width, self.dtype, self.param_dtype, name="map_head")(
+          x, valid)
     return x.astype(jnp.float32)

@@ -28,13 +28,16 @@ class TwoTower(nn.Module):
   temperature_init: float = 1 / 0.07
   bias_init: float | None = None
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   def setup(self):
-    self.image_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
-    self.text_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
-    self.t = self.param("t", nn.initializers.constant(math.log(self.temperature_init)), ())
+    proj = lambda: nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
+                            param_dtype=self.param_dtype)
+    self.image_proj, self.text_proj = proj(), proj()
+    self.t = self.param("t", nn.initializers.constant(math.log(self.temperature_init)), (),
+                        self.param_dtype)
     self.b = (None if self.bias_init is None else
-              self.param("b", nn.initializers.constant(self.bias_init), ()))
+              self.param("b", nn.initializers.constant(self.bias_init), (), self.param_dtype))
 
   def encode_image(self, images, train: bool = True):
     return l2_normalize(self.image_proj(self.image(images, train=train)))
@@ -46,7 +49,12 @@ class TwoTower(nn.Module):
     """The image tower's pooled features before the projection (k-NN, linear probe)."""
     return self.image(images, train=False)
 
+  def scale_and_bias(self):
+    """(t, b): the logit scale exp(t') and the bias (0 without one)."""
+    return jnp.exp(self.t), jnp.zeros(()) if self.b is None else self.b
+
+  def embed(self, images, tokens, train_image: bool = True, train_text: bool = True):
+    return self.encode_image(images, train_image), self.encode_text(tokens, train_text)
+
   def __call__(self, images, tokens, train_image: bool = True, train_text: bool = True):
-    b = jnp.zeros(()) if self.b is None else self.b
-    return (self.encode_image(images, train_image), self.encode_text(tokens, train_text),
-            jnp.exp(self.t), b)
+    return (*self.embed(images, tokens, train_image, train_text), *self.scale_and_bias())
