@@ -23,6 +23,7 @@ setuptools.setup(
         "numpy",
         "scikit-learn",   # the embedded digits dataset ships with it
         "tensorboardX",   # TensorBoard events without TensorFlow
+        "safetensors",    # tools/export_pytorch.py writes weights without needing torch
     ],
     extras_require={
         # tfds decodes Image features with Pillow (or OpenCV) when reading without TensorFlow.
@@ -30,6 +31,9 @@ setuptools.setup(
         # Tokenizers beyond the default byte-level one: SentencePiece models, and the CLIP
         # BPE (regex for its \p{L}/\p{N} word split, ftfy for CLIP's text clean-up).
         "text": ["sentencepiece", "regex", "ftfy"],
-        "test": ["pytest>=8", "pillow", "sentencepiece", "regex", "ftfy"],
+        # Loading exports (tools/export_pytorch.py) into the PyTorch libraries; the peers' benchmarks.
+        "torch": ["torch>=2.4", "torchvision>=0.19", "timm>=1.0", "open_clip_torch>=2.24"],
+        "test": ["pytest>=8", "pillow", "sentencepiece", "regex", "ftfy",
+                 "torch>=2.4", "torchvision>=0.19", "timm>=1.0", "open_clip_torch>=2.24"],
     },
 )

@@ -10,6 +10,13 @@ Every destination leaf whose path fully matches a rule's regex is loaded from th
 path `re.sub(dst_regex, src_template, path)` (the first matching rule wins); every other
 leaf keeps its fresh initialisation. Only params and state (BatchNorm statistics, queues)
 are loaded, never optimizer state or the step. Mismatches fail before any compile.
+
+PyTorch weights (LiT from a well-known tower): `config.init_from.torch.path` names a
+.safetensors or .pt state dict of `torch.library` ("torchvision" ResNet, "timm" ViT or
+"open_clip" CLIP) whose architecture is `torch.model`, a dotted config key such as
+"model.image" (big_contrast/torch_convert.py converts it). Its source paths are those of
+that module alone: "params/stem_conv/kernel", "state/model/batch_stats/stem_norm/mean"; the
+torchvision / timm classifier (fc.*, head.*) is dropped.
 """
 import os
 import re
@@ -31,8 +38,47 @@ def _flat_state(train_state) -> dict:
   return {**_flat(train_state["params"], "params"), **_flat(train_state["state"], "state")}
 
 
-def read_source(cfg) -> dict:
-  """{path: numpy array} of the source checkpoint's params and state."""
+def _read_torch(cfg, config) -> dict:
+  """{path: numpy array} of a PyTorch state dict, converted to the Flax module's names."""
+  from big_contrast import torch_convert as tc
+  t = cfg.torch
+  if not os.path.exists(t.path):
+    raise ValueError(f"config.init_from.torch.path={t.path!r} does not exist.")
+  if t.path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    state_dict = load_file(t.path)
+  else:
+    import torch
+    state_dict = {k: v.numpy() for k, v in torch.load(t.path, map_location="cpu").items()}
+  model_cfg = config
+  for key in t.model.split("."):
+    model_cfg = model_cfg[key]
+  size = config.augment.crop_size
+  needs = {"torchvision": "resnet", "timm": "vit", "open_clip": "two_tower"}
+  if t.library in needs and model_cfg.get("name") != needs[t.library]:
+    raise ValueError(f"config.init_from.torch.library={t.library!r} needs config.{t.model}.name="
+                     f"{needs[t.library]!r}, not {model_cfg.get('name')!r}.")
+  if t.library == "torchvision":
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    entries = tc.resnet_entries(model_cfg.depth)
+  elif t.library == "timm":
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+    entries = tc.vit_entries(tc.vit_config(model_cfg), size)
+  elif t.library == "open_clip":
+    entries = tc.two_tower_entries(model_cfg.image, model_cfg.text, size,
+                                   "logit_bias" in state_dict)
+  else:
+    raise ValueError(f"config.init_from.torch.library={t.library!r}: choose torchvision, timm "
+                     "or open_clip.")
+  flat = tc.import_(state_dict, entries)
+  return {("state/model/" + p if p.startswith("batch_stats/") else p): x
+          for p, x in flat.items()}
+
+
+def read_source(cfg, config=None) -> dict:
+  """{path: numpy array} of the source checkpoint's params and state (or PyTorch weights)."""
+  if cfg.get("torch") and cfg.torch.path:
+    return _read_torch(cfg, config)
   directory = os.path.join(os.path.abspath(cfg.workdir), "checkpoints")
   if not os.path.isdir(directory):
     raise ValueError(f"config.init_from.workdir={cfg.workdir!r} has no checkpoints/ "
@@ -70,20 +116,23 @@ def _match(cfg, paths) -> dict:
   return mapping
 
 
-def load(cfg, abstract_state) -> dict:
-  """{destination path: numpy array} to load, checked against the source's names and shapes."""
+def load(cfg, abstract_state, config=None) -> dict:
+  """{destination path: numpy array} to load, checked against the source's names and shapes.
+
+  `config`: the run's config, which describes the architecture of PyTorch weights.
+  """
   dst = _flat_state(abstract_state)
   mapping = _match(cfg, dst)
-  source = read_source(cfg)
+  source = read_source(cfg, config)
   values = {}
   for path, src in mapping.items():
     if src not in source:
       near = sorted(source)[:8]
-      raise ValueError(f"config.init_from: {path} maps to {src}, which the checkpoint in "
-                       f"{cfg.workdir} does not have; it has e.g. {near}.")
+      raise ValueError(f"config.init_from: {path} maps to {src}, which the source "
+                       f"{cfg.workdir or cfg.torch.path} does not have; it has e.g. {near}.")
     if source[src].shape != dst[path].shape:
       raise ValueError(f"config.init_from: {path} has shape {dst[path].shape} but its source "
-                       f"{src} has {source[src].shape}; the towers' configs differ.")
+                       f"{src} has {source[src].shape}; the architectures differ.")
     values[path] = source[src].astype(dst[path].dtype)
   return values
 

@@ -174,16 +174,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
       num_workers=config.data.get("num_workers", 0), tokenizer=tokenizer)
   init, init_rng, abstract, state_sharding, train_step = build_step(
       config, mesh, method, tx, train_src[0]["image"][None])
+  if jax.process_index() == 0:  # The run's config, for tools/export_pytorch.py and readers.
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
   ts = ckpt.restore_latest(checkpoint.abstract_like(abstract, state_sharding))
   if ts is None:
     # Read and checked before the first compile; applied to the fresh state.
-    pretrained = (initialize.load(config.init_from, abstract)
-                  if config.get("init_from") and config.init_from.workdir else {})
+    init_from = config.get("init_from")
+    pretrained = (initialize.load(init_from, abstract, config) if init_from and (
+        init_from.workdir or init_from.get("torch", {}).get("path")) else {})
     ts = jax.jit(init, out_shardings=state_sharding)(init_rng)
     if pretrained:
       ts = initialize.apply(ts, pretrained, state_sharding)
-      logging.info("Initialised %d arrays from %s.", len(pretrained), config.init_from.workdir)
+      logging.info("Initialised %d arrays from %s.", len(pretrained),
+                   init_from.workdir or init_from.torch.path)
   else:
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(ts["step"]))
   step = int(ts["step"])

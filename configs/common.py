@@ -67,7 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.text = ml_collections.ConfigDict(dict(
       tokenizer=ml_collections.ConfigDict(dict(name="bytes", length=32, path=""))))
   # Load parts of the fresh model from a checkpoint of this project (big_contrast/initialize.py).
-  c.init_from = ml_collections.ConfigDict(dict(workdir="", step=0, rules=()))
+  # Or from PyTorch weights: torch.path (.safetensors/.pt), torch.library (torchvision, timm,
+  # open_clip) and torch.model, the config key of their architecture (e.g. "model.image").
+  c.init_from = ml_collections.ConfigDict(dict(
+      workdir="", step=0, rules=(),
+      torch=ml_collections.ConfigDict(dict(path="", library="", model="model"))))
 
   # Method sections; each method reads only its own.
   # bn_groups: shuffle-BN groups (see methods/moco.py); 1 = BatchNorm over the whole batch.
