@@ -58,12 +58,10 @@ def _read_torch(cfg, config) -> dict:
   if t.library in needs and model_cfg.get("name") != needs[t.library]:
     raise ValueError(f"config.init_from.torch.library={t.library!r} needs config.{t.model}.name="
                      f"{needs[t.library]!r}, not {model_cfg.get('name')!r}.")
-  if t.library == "torchvision":
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    entries = tc.resnet_entries(model_cfg.depth)
-  elif t.library == "timm":
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-    entries = tc.vit_entries(tc.vit_config(model_cfg), size)
+  classifiers = {"torchvision": "fc.", "timm": "head."}
+  if t.library in classifiers:
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifiers[t.library])}
+    entries, _ = tc.backbone_torch(model_cfg, size)
   elif t.library == "open_clip":
     entries = tc.two_tower_entries(model_cfg.image, model_cfg.text, size,
                                    "logit_bias" in state_dict)
@@ -71,7 +69,7 @@ def _read_torch(cfg, config) -> dict:
     raise ValueError(f"config.init_from.torch.library={t.library!r}: choose torchvision, timm "
                      "or open_clip.")
   flat = tc.import_(state_dict, entries)
-  return {("state/model/" + p if p.startswith("batch_stats/") else p): x
+  return {(tc.MODEL_STATE + p if p.startswith("batch_stats/") else p): x
           for p, x in flat.items()}
 
 

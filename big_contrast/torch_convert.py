@@ -21,7 +21,6 @@ from typing import Callable
 import numpy as np
 
 from big_contrast.models.resnet import _DEPTHS as RESNET_DEPTHS  # pylint: disable=protected-access
-from big_contrast.models.vit import VARIANTS as VIT_VARIANTS
 from big_contrast.models.vit import posemb_sincos_2d
 
 LN_EPS = 1e-6      # flax.linen.LayerNorm's; timm's ViT default, open_clip needs it set.
@@ -166,6 +165,16 @@ def resnet_torchvision(cfg) -> dict:
           "output": "pooled features [B, C] (the fc classifier is replaced by Identity)"}
 
 
+def backbone_torch(cfg, image_size: int) -> tuple:
+  """(entries, how to build the torch model) of an image backbone config: ResNet ->
+  torchvision, ViT -> timm."""
+  if cfg.name == "resnet":
+    return resnet_entries(cfg.depth), resnet_torchvision(cfg)
+  if cfg.name == "vit":
+    return vit_entries(vit_config(cfg), image_size), vit_timm(cfg, image_size)
+  raise ValueError(f"config.model.name={cfg.name!r} has no PyTorch counterpart.")
+
+
 # --- projection heads -> torch.nn.Sequential ---------------------------------------------
 
 def mlp_head_entries(hidden: int, use_bn: bool, last_bn: bool, f: str = "") -> list:
@@ -252,24 +261,10 @@ def vit_entries(cfg, image_size: int, f: str = "") -> list:
 
 
 def vit_config(cfg):
-  """The ViT fields (width, depth, heads, patch_size, pool, posemb) of a backbone config."""
-  size, patch = cfg.variant.split("/")
-  width, depth, heads = VIT_VARIANTS[size]
-  get = lambda k, d: cfg[k] if k in cfg else d
-  return _Namespace(width=get("width", width), depth=get("depth", depth),
-                    heads=get("heads", heads), patch_size=int(patch), pool=get("pool", "cls"),
-                    posemb=get("posemb", "sincos2d"), size=size)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Namespace:
-  width: int
-  depth: int
-  heads: int
-  patch_size: int
-  pool: str
-  posemb: str
-  size: str
+  """The models.ViT a backbone config builds: its width, depth, heads, patch_size, pool and
+  posemb, with the variant's defaults resolved by the model code itself."""
+  from big_contrast import models
+  return models.backbone(cfg)
 
 
 # timm registry names of the standard ViTs: (variant size, patch, image size, MAP head) ->
@@ -292,8 +287,8 @@ TIMM_NAMES = {
 
 def vit_timm(cfg, image_size: int) -> dict:
   """timm.create_model(name, **kwargs) that a models.ViT config loads into strictly."""
-  v = vit_config(cfg)
-  name = TIMM_NAMES.get((v.size, v.patch_size, image_size, v.pool == "map"),
+  v, size = vit_config(cfg), cfg.variant.split("/")[0]
+  name = TIMM_NAMES.get((size, v.patch_size, image_size, v.pool == "map"),
                         "vit_base_patch16_224")
   kwargs = dict(img_size=image_size, patch_size=v.patch_size, embed_dim=v.width, depth=v.depth,
                 num_heads=v.heads, mlp_ratio=4.0, qkv_bias=True, class_token=v.pool == "cls",
@@ -404,15 +399,18 @@ def two_tower_open_clip(model_cfg, tokenizer, image_size: int, sigmoid: bool) ->
                     + (", logit_bias = b" if sigmoid else "")}
 
 
-def flat_module(flat_state: dict, module: str, collection_prefix: str = "state/model/") -> dict:
+# Where a method keeps its Flax model's other collections in the train state.
+MODEL_STATE = "state/model/"
+
+
+def flat_module(flat_state: dict, module: str) -> dict:
   """{"params/...", "batch_stats/..."} of `module` (e.g. "backbone", "encoder/backbone"; ""
   for the whole model) from a checkpoint's flat {"params/...", "state/..."}
   (initialize.read_source)."""
   out, module = {}, f"{module}/" if module else ""
   for path, x in flat_state.items():
     for src, dst in ((f"params/{module}", "params/"),
-                     (f"{collection_prefix}batch_stats/{module}", "batch_stats/")):
+                     (f"{MODEL_STATE}batch_stats/{module}", "batch_stats/")):
       if path.startswith(src):
         out[dst + path[len(src):]] = x
   return out
-

@@ -29,14 +29,8 @@ IMAGE_METHODS = ("simclr", "moco", "swav", "poly_view")
 
 def _image_backbone(model_cfg, image_size, flat, module):
   """(state dict, how to build its torch model) of a ResNet or ViT backbone at `module`."""
-  variables = tc.flat_module(flat, module)
-  if model_cfg.name == "resnet":
-    info = tc.resnet_torchvision(model_cfg)
-    return tc.export(variables, tc.resnet_entries(model_cfg.depth)), info
-  if model_cfg.name == "vit":
-    info = tc.vit_timm(model_cfg, image_size)
-    return tc.export(variables, tc.vit_entries(tc.vit_config(model_cfg), image_size)), info
-  raise ValueError(f"config.model.name={model_cfg.name!r} has no PyTorch export.")
+  entries, info = tc.backbone_torch(model_cfg, image_size)
+  return tc.export(tc.flat_module(flat, module), entries), info
 
 
 def _head(flat, module):
