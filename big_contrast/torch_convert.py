@@ -299,7 +299,7 @@ def vit_timm(cfg, image_size: int) -> dict:
           "output": "pooled features [B, width] (num_classes=0: no classifier)"}
 
 
-# --- open_clip CLIP ----------------------------------------------------------------------
+# --- open_clip CLIP / CustomTextCLIP ----------------------------------------------------
 
 def _open_clip_block(fb, tb, heads):
   return _block_entries(
@@ -308,13 +308,16 @@ def _open_clip_block(fb, tb, heads):
       _attn_out(a, f"{tb}.attn.out_proj", heads), "ln_1", "ln_2", ("mlp.c_fc", "mlp.c_proj"))
 
 
-def two_tower_entries(image, text, image_size: int, sigmoid: bool) -> list:
-  """models.TwoTower (ViT image tower, pool "cls") <-> open_clip.CLIP (`two_tower_open_clip`).
+def _torch_prefixed(entries, prefix):
+  return [dataclasses.replace(e, torch=tuple(prefix + k for k in e.torch)) for e in entries]
 
-  open_clip's patch embedding has no bias and its class token gets a position: our conv
-  bias is folded into the patch positions and the class token's position row is zero.
+
+def _open_clip_vit(v, image_size):
+  """open_clip's own VisionTransformer (visual.*) for a pool "cls" ViT.
+
+  Its patch embedding has no bias and its class token gets a position: our conv bias is
+  folded into the patch positions and the class token's position row is zero.
   """
-  v = vit_config(image)
   grid = (image_size // v.patch_size,) * 2
   n, width = grid[0] * grid[1], v.width
   if v.posemb == "learn":
@@ -345,14 +348,35 @@ def two_tower_entries(image, text, image_size: int, sigmoid: bool) -> list:
   for i in range(v.depth):
     entries += _open_clip_block(f"image/block{i}", f"visual.transformer.resblocks.{i}", v.heads)
   entries += _layer_norm("image/norm", "visual.ln_post")
-  entries.append(_same("params/image_proj/kernel", "visual.proj"))
-  entries += [_same("params/text/embedding/embedding", "token_embedding.weight"),
-              Entry(("params/text/pos_embedding",), ("positional_embedding",),
+  return entries + [_same("params/image_proj/kernel", "visual.proj")]
+
+
+def _text_prefix(text) -> str:
+  """open_clip.CLIP keeps a causal text tower's weights at the top level; a bidirectional one
+  needs CustomTextCLIP (whose TextTransformer can mask padding), under text.*."""
+  return "" if text.get("causal", True) else "text."
+
+
+def two_tower_entries(image, text, image_size: int, sigmoid: bool) -> list:
+  """models.TwoTower (ViT image tower) <-> the open_clip model of `two_tower_open_clip`.
+
+  Image tower: pool "cls" -> open_clip's own ViT (visual.*); pool "map"/"gap" -> a timm ViT
+  (visual.trunk.*, as vit_entries) and open_clip's linear head (visual.head.proj).
+  """
+  v = vit_config(image)
+  if v.pool == "cls":
+    entries = _open_clip_vit(v, image_size)
+  else:
+    entries = _torch_prefixed(vit_entries(v, image_size, "image/"), "visual.trunk.")
+    entries += _dense("image_proj", "visual.head.proj", bias=False)
+  t = _text_prefix(text)
+  entries += [_same("params/text/embedding/embedding", f"{t}token_embedding.weight"),
+              Entry(("params/text/pos_embedding",), (f"{t}positional_embedding",),
                     lambda p: (p[0],), lambda p: (p[None],))]
   for i in range(text.depth):
-    entries += _open_clip_block(f"text/block{i}", f"transformer.resblocks.{i}", text.heads)
-  entries += _layer_norm("text/norm", "ln_final")
-  entries.append(_same("params/text_proj/kernel", "text_projection"))
+    entries += _open_clip_block(f"text/block{i}", f"{t}transformer.resblocks.{i}", text.heads)
+  entries += _layer_norm("text/norm", f"{t}ln_final")
+  entries.append(_same("params/text_proj/kernel", f"{t}text_projection"))
   entries.append(_same("params/t", "logit_scale"))
   if sigmoid:
     entries.append(_same("params/b", "logit_bias"))
@@ -360,41 +384,52 @@ def two_tower_entries(image, text, image_size: int, sigmoid: bool) -> list:
 
 
 def two_tower_open_clip(model_cfg, tokenizer, image_size: int, sigmoid: bool) -> dict:
-  """The open_clip model config a TwoTower config maps to exactly, or a ValueError why not."""
+  """The open_clip model a TwoTower config maps onto exactly, or a ValueError why not.
+
+  open_clip.CLIP for a causal text tower, open_clip.CustomTextCLIP for a bidirectional one
+  (its TextTransformer masks padding once `use_pad_mask` is set, which its config cannot
+  say: a setup line). A ViT image tower pooled other than by its class token becomes
+  open_clip's timm adapter; open_clip passes no architecture kwargs to timm, so a setup line
+  puts the timm ViT of `vit_timm` (every field explicit) and a head of the right width in.
+  """
   if model_cfg.image.name != "vit":
     raise ValueError("open_clip export needs a ViT image tower (config.model.image.name="
                      f"'vit'), not {model_cfg.image.name!r}; export the image tower alone.")
-  v = vit_config(model_cfg.image)
-  if v.pool != "cls":
-    raise ValueError(f"config.model.image.pool={v.pool!r}: open_clip's ViT always has a class "
-                     "token that every patch attends to, so only pool='cls' maps onto it "
-                     "exactly; export the image tower alone to timm instead.")
-  t = model_cfg.text
-  if not t.get("causal", True):
-    raise ValueError("config.model.text.causal=False: open_clip's CLIP text tower does not "
-                     "mask padding in bidirectional mode, which this model does; only causal "
-                     "text towers map onto it exactly.")
+  v, t = vit_config(model_cfg.image), model_cfg.text
   pools = {"last": "eos", "first": "first"}
   if t.get("pool", "last") not in pools:
     raise ValueError(f"config.model.text.pool={t.pool!r}: open_clip pools the text by "
                      f"'eos' or 'first' only (ours: {sorted(pools)}).")
   norm, act = {"eps": LN_EPS}, {"approximate": GELU}
+  causal = t.get("causal", True)
+  setup = [] if causal else ["model.text.use_pad_mask = True"]
+  if v.pool == "cls":
+    vision = {"image_size": image_size, "patch_size": v.patch_size, "width": v.width,
+              "layers": v.depth, "head_width": v.width // v.heads, "mlp_ratio": 4.0,
+              "no_ln_pre": True, "pool_type": "tok", "final_ln_after_pool": False,
+              "act_kwargs": act, "norm_kwargs": norm}
+  else:
+    trunk = vit_timm(model_cfg.image, image_size)
+    vision = {"image_size": image_size, "timm_model_name": trunk["name"], "timm_pool": "",
+              "timm_proj": "linear", "timm_proj_bias": False}
+    setup += [f"model.visual.trunk = timm.create_model({trunk['name']!r}, pretrained=False, "
+              f"**{trunk['kwargs']!r})",
+              f"model.visual.head.proj = torch.nn.Linear({v.width}, {model_cfg.embed_dim}, "
+              "bias=False)"]
   config = {
       "embed_dim": model_cfg.embed_dim,
-      "vision_cfg": {"image_size": image_size, "patch_size": v.patch_size, "width": v.width,
-                     "layers": v.depth, "head_width": v.width // v.heads, "mlp_ratio": 4.0,
-                     "no_ln_pre": True, "pool_type": "tok", "final_ln_after_pool": False,
-                     "act_kwargs": act, "norm_kwargs": norm},
+      "vision_cfg": vision,
       "text_cfg": {"context_length": tokenizer.length, "vocab_size": tokenizer.vocab_size,
                    "width": t.width, "heads": t.heads, "layers": t.depth, "mlp_ratio": 4.0,
                    "pad_id": tokenizer.pad_id, "eos_id": tokenizer.eos_id,
-                   "pool_type": pools[t.get("pool", "last")], "no_causal_mask": False,
+                   "pool_type": pools[t.get("pool", "last")], "no_causal_mask": not causal,
                    "proj_bias": False, "act_kwargs": act, "norm_kwargs": norm},
   }
   if sigmoid:
     config["init_logit_bias"] = 0.0  # Any value creates the parameter; the export sets it.
-  return {"library": "open_clip", "constructor": "open_clip.CLIP", "kwargs": config,
-          "setup": [],
+  return {"library": "open_clip",
+          "constructor": "open_clip.CLIP" if causal else "open_clip.CustomTextCLIP",
+          "kwargs": config, "setup": setup,
           "output": "encode_image / encode_text embeddings; logit_scale = log t"
                     + (", logit_bias = b" if sigmoid else "")}
 

@@ -137,27 +137,34 @@ def test_standard_vits_get_their_timm_names():
     assert tc.vit_timm(cfg, 224)["name"] == name
 
 
-def _two_tower(sigmoid, **text):
+def _two_tower(sigmoid, image_pool="cls", causal=True, **text):
   c = tiny_config("siglip_digits" if sigmoid else "clip_digits")
-  c.model.image.update(pool="cls", posemb="learn", width=32, heads=4, depth=2)
-  c.model.text.update(causal=True, width=32, heads=4, depth=2, **text)
+  c.model.image.update(pool=image_pool, posemb="learn", width=32, heads=4, depth=2)
+  c.model.text.update(causal=causal, width=32, heads=4, depth=2, **text)
   tokenizer = tokenizers.get_tokenizer(c.text.tokenizer)
   model = models.two_tower(c.model, tokenizer.vocab_size, tokenizer.pad_id, tokenizer.length,
                            bias=sigmoid)
   return c, tokenizer, model
 
 
-@pytest.mark.parametrize("sigmoid", [False, True])
-def test_two_tower_loads_into_open_clip_and_matches(sigmoid):
-  c, tokenizer, model = _two_tower(sigmoid)
+# CLIP's towers (open_clip.CLIP, its own ViT) and SigLIP's as clip_digits/siglip_digits and
+# big_vision build them (MAP-pooled image tower: open_clip's timm adapter; bidirectional text
+# tower masking padding: CustomTextCLIP), and the mixed cases.
+@pytest.mark.parametrize("sigmoid, image_pool, causal", [
+    (False, "cls", True), (True, "cls", True), (True, "map", False), (False, "map", False),
+    (False, "gap", True), (True, "cls", False)])
+def test_two_tower_loads_into_open_clip_and_matches(sigmoid, image_pool, causal):
+  c, tokenizer, model = _two_tower(sigmoid, image_pool, causal)
   rs = np.random.RandomState(4)
   x = rs.normal(size=(3, 8, 8, 3)).astype(np.float32)
+  # Texts of different lengths: a bidirectional tower would see the padding if unmasked.
   tokens = tokenizer.batch(["a thin 3", "a bold slanted seven", ""])
   variables = _randomize(dict(model.init(jax.random.PRNGKey(0), x, tokens)))
   zimg, ztxt, t, b = model.apply(variables, x, tokens)
   flat = _flat(variables)
   entries = tc.two_tower_entries(c.model.image, c.model.text, 8, sigmoid)
   info = tc.two_tower_open_clip(c.model, tokenizer, 8, sigmoid)
+  assert info["constructor"] == ("open_clip.CLIP" if causal else "open_clip.CustomTextCLIP")
   clip = _load(info, tc.export(flat, entries))
   got_img = clip.encode_image(_nchw(x), normalize=True).numpy()
   got_txt = clip.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy()
@@ -168,15 +175,13 @@ def test_two_tower_loads_into_open_clip_and_matches(sigmoid):
   if sigmoid:
     logits += clip.logit_bias.item()
   _assert_close(logits, float(t) * np.asarray(zimg) @ np.asarray(ztxt).T + float(b))
-  _round_trip(flat, entries, flax_exact=False)
+  _round_trip(flat, entries, flax_exact=image_pool != "cls")
   # Imported back, the Flax model computes what it computed before.
   back = _unflat(tc.import_(tc.export(flat, entries), entries))
   _assert_close(model.apply(back, x, tokens)[0], zimg)
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"image.pool": "map"}, "only pool='cls' maps onto it"),
-    ({"text.causal": False}, "does not mask padding"),
     ({"text.pool": "gap"}, "pools the text by"),
     ({"image.name": "resnet"}, "needs a ViT image tower"),
 ])
@@ -224,6 +229,44 @@ def test_cli_exports_a_trained_run_that_torchvision_reproduces(tmp_path):
   want_z = method.model.apply({"params": ts["params"], **ts["state"]["model"]},
                               want, train=False, method=type(method.model).head)
   _assert_close(head(torch.from_numpy(np.asarray(want))).numpy(), want_z)
+
+
+def test_cli_exports_a_siglip_run_with_clip_bpe_that_open_clip_reproduces(tmp_path):
+  """Train (tiny siglip_digits: MAP image tower, bidirectional text tower, CLIP's BPE) ->
+  tools/export_pytorch -> open_clip embeds images and its own tokenizer's ids as the run does."""
+  import open_clip
+  bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+  c = tiny_config("siglip_digits", total_steps=1, **{
+      "text.tokenizer.name": "clip_bpe", "text.tokenizer.path": bpe,
+      "eval.evaluators": ()})
+  results = train.train_and_evaluate(c, str(tmp_path / "run"))
+  out = str(tmp_path / "out")
+  export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", out])
+  clip = export_pytorch.load_torch(out)
+  assert type(clip).__name__ == "CustomTextCLIP"
+  tokenize = export_pytorch.load_tokenizer(out)
+
+  from big_contrast import methods
+  method = methods.get(c, methods.Schedule(1, 1))
+  texts = ["a thin 3", "A BOLD, slanted seven!!", "naïve &amp;amp; café 42", ""]
+  ours = np.stack([method.tokenizer(t) for t in texts])
+  np.testing.assert_array_equal(tokenize(texts).numpy(), ours)
+  # The corner case ClipBpeTokenizer documents: open_clip emits id 0 (its pad) for a bare "!"
+  # inside a word, ours its word-final form so that the padding mask stays right.
+  assert tokenize("!??")[0, 1] == 0 and method.tokenizer("!??")[1] == 256
+
+  ts = results["train_state"]
+  variables = {"params": ts["params"], **ts["state"]["model"]}
+  images = np.random.RandomState(7).randint(0, 256, (3, 8, 8, 3)).astype(np.uint8)
+  x = method.eval_view(images)
+  want_img, want_txt = method.model.apply(variables, x, ours, train_image=False,
+                                          train_text=False, method=type(method.model).embed)
+  _assert_close(clip.encode_image(_nchw(x), normalize=True).numpy(), want_img)
+  _assert_close(clip.encode_text(tokenize(texts), normalize=True).numpy(), want_txt)
+  export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "img"),
+                       "--part=image"])
+  with pytest.raises(ValueError, match="no open_clip tokenizer"):
+    export_pytorch.load_tokenizer(str(tmp_path / "img"))
 
 
 def test_lit_locks_an_image_tower_loaded_from_torchvision_weights(tmp_path):

@@ -7,13 +7,16 @@ Writes OUT/model.safetensors (the backbone, or the whole two-tower model), OUT/h
 (image methods: the projection head, and MoCo v3's predictor as predictor.safetensors) and
 OUT/export.json, which says which PyTorch model each file loads into with
 `load_state_dict(strict=True)` and how to build it. `--pt` also writes torch .pt state dicts.
+Two-towers tokenized with CLIP's BPE also get its merges file and open_clip's tokenizer.
 The run's architecture is read from WORKDIR/config.json (written by the training loop).
 
 In PyTorch (with this repository importable; otherwise follow export.json by hand):
-  from tools.export_pytorch import load_torch
+  from tools.export_pytorch import load_torch, load_tokenizer
   model = load_torch("exported/simclr")            # strict load, eval mode
+  tokenize = load_tokenizer("exported/clip")       # open_clip SimpleTokenizer (CLIP BPE runs)
 """
 import argparse
+import gzip
 import json
 import os
 
@@ -62,10 +65,33 @@ def export_run(config, flat: dict, part: str = "auto") -> dict:
     sigmoid = config.method == "siglip"
     tokenizer = tokenizers.get_tokenizer(config.text.tokenizer)
     info = tc.two_tower_open_clip(config.model, tokenizer, size, sigmoid)
-    info["tokenizer"] = dict(config.text.tokenizer)
     entries = tc.two_tower_entries(config.model.image, config.model.text, size, sigmoid)
     return {"model": (tc.export(tc.flat_module(flat, ""), entries), info)}
   raise ValueError(f"config.method={config.method!r} has no PyTorch export.")
+
+
+def export_tokenizer(tok_cfg, out_dir: str) -> dict:
+  """How to tokenize for an exported two-tower: the run's tokenizer config and, for CLIP's
+  BPE, its merges file copied into `out_dir` with open_clip's SimpleTokenizer, which gives the
+  same ids (bar the corner cases in tokenizers.ClipBpeTokenizer's docstring; tested)."""
+  from input_pipeline import tokenizers
+  info = {"big_contrast": dict(tok_cfg)}
+  if tok_cfg.get("name") != "clip_bpe":
+    return info
+  if tok_cfg.get("num_merges") not in (None, tokenizers.CLIP_NUM_MERGES):
+    info["note"] = ("num_merges differs from CLIP's: open_clip's SimpleTokenizer always uses "
+                    "all of them; tokenize with big_contrast's input_pipeline.tokenizers.")
+    return info
+  name = "bpe_simple_vocab_16e6.txt.gz"  # open_clip reads it with gzip.
+  with open(tok_cfg.path, "rb") as f:
+    data = f.read()
+  with open(os.path.join(out_dir, name), "wb") as f:
+    f.write(data if tok_cfg.path.endswith(".gz") else gzip.compress(data))
+  lower = tok_cfg.get("lower")
+  info.update(library="open_clip", constructor="open_clip.tokenizer.SimpleTokenizer",
+              kwargs={"bpe_path": name, "context_length": tok_cfg.length,
+                      "clean": "lower" if lower is None or lower else "whitespace"})
+  return info
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -105,6 +131,8 @@ def main(argv=None):
       torch.save({k: torch.from_numpy(v) for k, v in arrays.items()},
                  os.path.join(args.out, f"{stem}.pt"))
     manifest["files"][f"{stem}.safetensors"] = info
+  if config.method in ("clip", "siglip") and args.part == "auto":
+    manifest["tokenizer"] = export_tokenizer(config.text.tokenizer, args.out)
   with open(os.path.join(args.out, "export.json"), "w") as f:
     json.dump(manifest, f, indent=2)
   for name, info in manifest["files"].items():
@@ -115,25 +143,32 @@ def main(argv=None):
 # --- PyTorch side -------------------------------------------------------------------------
 
 def build_torch_model(info: dict):
-  """The (randomly initialised) torch module an export's `info` describes."""
+  """The (randomly initialised) torch module an export's `info` describes: its constructor
+  called with its kwargs, then its setup lines run (with `torch`, `model` and the library)."""
   import torch
-  if info["library"] == "torchvision":
-    import torchvision
-    model = getattr(torchvision.models, info["constructor"].rsplit(".", 1)[1])(**info["kwargs"])
-    for line in info["setup"]:
-      exec(line, {"torch": torch, "model": model})  # pylint: disable=exec-used
-    return model
-  if info["library"] == "timm":
-    import timm
-    return timm.create_model(info["name"], pretrained=False, **info["kwargs"])
-  if info["library"] == "open_clip":
-    import open_clip
-    return open_clip.CLIP(**info["kwargs"])
-  if info["library"] == "torch":
+  library = info["library"]
+  if library == "torch":
     layers = {"Linear": lambda i, o, b: torch.nn.Linear(i, o, bias=b), "ReLU": torch.nn.ReLU,
               "BatchNorm1d": lambda n, affine: torch.nn.BatchNorm1d(n, affine=affine)}
     return torch.nn.Sequential(*(layers[name](*args) for name, *args in info["layers"]))
-  raise ValueError(f"unknown library {info['library']!r} in the export's metadata.")
+  if library not in ("torchvision", "timm", "open_clip"):
+    raise ValueError(f"unknown library {library!r} in the export's metadata.")
+  import importlib
+  lib = importlib.import_module(library)
+  constructor = info["constructor"].split(".")[1:]
+  fn = lib
+  for attr in constructor:
+    fn = getattr(fn, attr)
+  if library == "timm":
+    model = fn(info["name"], pretrained=False, **info["kwargs"])
+  else:
+    model = fn(**info["kwargs"])
+  scope = {"torch": torch, "model": model, library: lib}
+  if library == "open_clip":  # Its timm adapter's trunk is replaced by a setup line.
+    scope["timm"] = importlib.import_module("timm")
+  for line in info["setup"]:
+    exec(line, scope)  # pylint: disable=exec-used
+  return model
 
 
 def load_torch(out_dir: str, stem: str = "model"):
@@ -144,6 +179,19 @@ def load_torch(out_dir: str, stem: str = "model"):
   model = build_torch_model(info)
   model.load_state_dict(load_file(os.path.join(out_dir, f"{stem}.safetensors")), strict=True)
   return model.eval()
+
+
+def load_tokenizer(out_dir: str):
+  """The exported two-tower's open_clip tokenizer (CLIP's BPE runs only): texts -> ids."""
+  with open(os.path.join(out_dir, "export.json")) as f:
+    info = json.load(f).get("tokenizer", {})
+  if info.get("library") != "open_clip":
+    raise ValueError(f"{out_dir} has no open_clip tokenizer (only runs with "
+                     "config.text.tokenizer.name='clip_bpe' do); export.json's 'tokenizer' "
+                     "has the run's tokenizer config for input_pipeline.tokenizers.")
+  import open_clip
+  kwargs = dict(info["kwargs"], bpe_path=os.path.join(out_dir, info["kwargs"]["bpe_path"]))
+  return open_clip.tokenizer.SimpleTokenizer(**kwargs)
 
 
 if __name__ == "__main__":
