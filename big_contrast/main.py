@@ -51,7 +51,12 @@ def init_distributed():
 
 
 def summary(results: dict) -> str:
-  lines = [f"Finished {results['step']} steps in {results['wall_time_s'] / 60:.1f} min."]
+  if results.get("preempted"):
+    lines = [f"Stopped by {results['preempted']} at step {results['step']} after "
+             f"{results['wall_time_s'] / 60:.1f} min with a checkpoint; run the same command "
+             "to resume."]
+  else:
+    lines = [f"Finished {results['step']} steps in {results['wall_time_s'] / 60:.1f} min."]
   for when in ("init", "final"):
     if when in results:
       accs = "  ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in results[when].items())

@@ -10,6 +10,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 # Mesh axes over which the batch dimension is split, in this order.
 BATCH_AXES = ("data", "fsdp")
+MESH_AXES = BATCH_AXES + ("tensor",)
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> jax.sharding.Mesh:
@@ -17,6 +18,10 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> jax.sharding.Mes
   devices = list(jax.devices() if devices is None else devices)
   names = [str(n) for n, _ in axes]
   sizes = [int(s) for _, s in axes]
+  unknown = [n for n in names if n not in MESH_AXES]
+  if unknown:
+    raise ValueError(f"config.mesh={list(axes)} names axes {unknown}; mesh axes are "
+                     f"{MESH_AXES} (e.g. (('data', -1),)).")
   if sizes.count(-1) > 1:
     raise ValueError(f"config.mesh={list(axes)} has more than one -1 axis; at most one "
                      "axis can take the remaining devices.")

@@ -3,17 +3,21 @@
 It knows nothing about any method: a Method (methods/base.py) turns a batch
 into a loss; this file shards, steps, logs, evaluates and checkpoints.
 """
+import contextlib
 import functools
 import os
+import signal
 import time
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 import optax
 
 from big_contrast import checkpoint
+from big_contrast import config_check
 from big_contrast import evaluate
 from big_contrast import grad_cache
 from big_contrast import initialize
@@ -46,7 +50,16 @@ def _train_step(method, tx, frozen, micro_batches, mesh, ts, batch):
   params = optax.apply_updates(ts["params"], updates)
   params, state = method.after_update(params, state, ts["step"])
   step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-  return dict(ts, step=ts["step"] + 1, params=params, state=state, opt_state=opt_state), step_metrics
+  # A step with any non-finite metric (a NaN/inf gradient makes grad_norm non-finite) changes
+  # nothing but the step and the count: the state stays the last finite one, whatever
+  # config.nonfinite then does on the host.
+  finite = jnp.all(jnp.stack([jnp.isfinite(v).all() for v in step_metrics.values()]))
+  updated = dict(params=params, state=state, opt_state=opt_state)
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
+                      {k: ts[k] for k in updated})
+  return dict(ts, **kept, step=ts["step"] + 1,
+              nonfinite_steps=ts["nonfinite_steps"] + (~finite).astype(jnp.int32)), dict(
+                  step_metrics, finite=finite)
 
 
 def _schedule(config, train_size) -> methods.Schedule:
@@ -135,7 +148,8 @@ def build_step(config, mesh, method, tx, example_images):
   def init(rng):
     params, state = method.init(rng, example_images)
     return dict(step=jnp.zeros((), jnp.int32), params=params, state=state,
-                opt_state=tx.init(params), rng=train_rng)
+                opt_state=tx.init(params), rng=train_rng,
+                nonfinite_steps=jnp.zeros((), jnp.int32))
 
   abstract = jax.eval_shape(init, init_rng)
   state_sharding = sharding.param_shardings(abstract, mesh, config.sharding.rules,
@@ -150,10 +164,78 @@ def build_step(config, mesh, method, tx, example_images):
   return init, init_rng, abstract, state_sharding, train_step
 
 
+class NonFiniteError(FloatingPointError):
+  """A step produced a non-finite loss, gradient or metric (config.nonfinite='error')."""
+
+
+class _StopSignals(contextlib.AbstractContextManager):
+  """SIGTERM / SIGINT set `requested` (the loop saves and stops after the current step);
+  a second SIGINT interrupts at once. Handlers are restored on exit."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      signal.default_int_handler(signum, frame)
+    self.requested = signal.Signals(signum).name
+    logging.warning("%s received: stopping after this step with a checkpoint (send SIGINT "
+                    "again to interrupt at once).", self.requested)
+
+  def __enter__(self):
+    for sig in self.SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: no handlers (the caller handles signals).
+        pass
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def stop(self) -> bool:
+    """Whether any process was asked to stop (every process must stop at the same step)."""
+    if jax.process_count() == 1:
+      return bool(self.requested)
+    return bool(multihost_utils.process_allgather(np.int32(bool(self.requested))).any())
+
+
+def _check_finite(pending, policy, ckpt):
+  """Reads the finiteness of steps already dispatched; raises (policy 'error') or logs."""
+  for step, m in pending:
+    if bool(m["finite"]):
+      continue
+    bad = {k: float(v) for k, v in sorted(m.items(), key=lambda kv: kv[0] != "loss")
+           if k != "finite" and not np.isfinite(v).all()}  # The loss first.
+    if policy == "skip":
+      logging.warning("Step %d: non-finite %s; skipped (config.nonfinite='skip'): the state "
+                      "is the previous step's.", step, bad)
+      continue
+    raise NonFiniteError(
+        f"Step {step}: non-finite {', '.join(bad)} ({bad}). Nothing from this step was "
+        f"applied or saved; the last checkpoint (step {ckpt.latest_step()}) is untouched. "
+        "Lower config.optimizer.lr, set config.optimizer.grad_clip_norm, check the data, or "
+        "set config.nonfinite='skip' to skip such steps (they are counted).")
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config.method`, evaluating and checkpointing in `workdir`; returns final metrics."""
+  """Trains `config.method`, evaluating and checkpointing in `workdir`; returns final metrics.
+
+  SIGTERM / SIGINT stop it after the current step with a checkpoint (results["preempted"]
+  names the signal); the next call with the same workdir resumes from it.
+  """
+  with _StopSignals() as signals:
+    return _train_and_evaluate(config, workdir, signals)
+
+
+def _train_and_evaluate(config, workdir, signals) -> dict:
   start_time = time.time()
   # Everything that can be wrong with the config fails here, before any compile.
+  config_check.check(config)
   optim.check(config.optimizer)
   methods.check(config)
   mesh = sharding.make_mesh(config.mesh)
@@ -174,12 +256,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       num_workers=config.data.get("num_workers", 0), tokenizer=tokenizer)
   init, init_rng, abstract, state_sharding, train_step = build_step(
       config, mesh, method, tx, train_src[0]["image"][None])
-  if jax.process_index() == 0:  # The run's config, for tools/export_pytorch.py and readers.
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
+  saved_config = os.path.join(workdir, "config.json")
+  if ckpt.latest_step() is not None and os.path.exists(saved_config):
+    with open(saved_config) as f:
+      config_check.check_resume(f.read(), config, saved_config)
   ts = ckpt.restore_latest(checkpoint.abstract_like(abstract, state_sharding))
+  if jax.process_index() == 0:  # The run's config, for resuming, tools/export_pytorch.py.
+    with open(saved_config + ".tmp", "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    os.replace(saved_config + ".tmp", saved_config)  # Never a half-written config.json.
   if ts is None:
     # Read and checked before the first compile; applied to the fresh state.
     init_from = config.get("init_from")
@@ -213,31 +299,46 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logger.write(0, {k.replace("eval/", "eval_init/"): v for k, v in results["init"].items()})
     logging.info("Random-init evaluation: %s", results["init"])
 
-  history, compiled = [], False
+  history, compiled, pending, preempted = [], False, [], None
+  policy = config.get("nonfinite", "error")
   batch_iter = batches.iterate(step) if step < total_steps else iter(())
   for local_batch in batch_iter:
     ts, step_metrics = train_step(ts, sharding.global_batch(local_batch, mesh))
-    history.append(step_metrics)
     step += 1
+    pending.append((step, step_metrics))
+    history.append({k: v for k, v in step_metrics.items() if k != "finite"})
     if not compiled:  # Keep compile time out of the first img/s and ETA.
       compiled = jax.block_until_ready(ts["step"]) is not None
       logger.restart_clock(step)
     last = step == total_steps
-    if step % config.log_every_steps == 0 or last:
-      logger.progress(step, {**metrics.average(history), "lr": float(lr_fn(step - 1))},
+    preempted = signals.stop() and (signals.requested or "a signal to another process")
+    log_now = step % config.log_every_steps == 0 or last
+    eval_now = (config.eval.every_steps and step % config.eval.every_steps == 0) or last
+    # Steps are checked one behind (the device runs ahead), all of them before anything is
+    # logged, evaluated or saved.
+    sync = log_now or eval_now or preempted or ckpt.due(step, force=last)
+    _check_finite(pending if sync else pending[:-1], policy, ckpt)
+    pending = [] if sync else pending[-1:]
+    if log_now:
+      extra = {"nonfinite_steps": int(ts["nonfinite_steps"])} if policy == "skip" else {}
+      logger.progress(step, {**metrics.average(history), "lr": float(lr_fn(step - 1)), **extra},
                       config.batch_size)
       history = []
-    if (config.eval.every_steps and step % config.eval.every_steps == 0) or last:
+    if eval_now:
       results["final"] = evaluate_now()
       logger.write(step, results["final"])
       logging.info("Evaluation at step %d: %s", step, results["final"])
       logger.restart_clock(step)
-    if ckpt.maybe_save(step, ts, force=last):
+    if ckpt.maybe_save(step, ts, force=last or bool(preempted)):
       logger.restart_clock(step)
-    if last:
+    if last or preempted:
       break
   getattr(batch_iter, "close", lambda: None)()  # Stops grain's worker processes.
-  if "final" not in results:  # Nothing left to train: the run had already finished.
+  if preempted:
+    logging.warning("Stopped at step %d by %s; checkpoint saved in %s. Run the same command "
+                    "to resume.", step, preempted, ckpt.directory)
+    results["preempted"] = preempted
+  elif "final" not in results:  # Nothing left to train: the run had already finished.
     results["final"] = evaluate_now()
   logger.close()
   ckpt.close()

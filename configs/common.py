@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
   # computed in this many micro-batches to bound activation memory.
   c.micro_batches = 1
   c.log_every_steps = 50
+  # A step with a non-finite loss, gradient or metric is never applied or saved; then
+  # "error": stop naming the step and metric; "skip": go on from the previous state, counted.
+  c.nonfinite = "error"
   # Mesh axes and sizes; -1 takes all remaining devices. The batch is split
   # over "data" and "fsdp"; "tensor" splits transformer blocks (README "Scaling out").
   c.mesh = (("data", -1),)

@@ -1,13 +1,13 @@
-"""The training loop end to end on tiny models: sharding, resume, errors, CLI."""
+"""The training loop end to end on tiny models: sharding, logs, the CLI.
+
+Resume, preemption and config errors: reliability_test.py."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
-import pytest
 
 from big_contrast import train
 from conftest import tiny_config
@@ -46,33 +46,6 @@ def test_loss_decreases_and_logs_are_written(tmp_path):
   assert {"eval/knn_top1", "eval/linear_probe_top1"} <= set(rows[-1])
   assert 0.0 <= results["final"]["eval/knn_top1"] <= 1.0
   assert os.listdir(results["tensorboard_dir"])
-
-
-def test_resume_after_interruption_is_exact(tmp_path):
-  """A run that crashed after its step-2 checkpoint and resumed ends where an uninterrupted one does."""
-  c = tiny_config(total_steps=4)
-  full = train.train_and_evaluate(c, str(tmp_path / "full"))
-  shutil.copytree(tmp_path / "full", tmp_path / "crashed")
-  shutil.rmtree(tmp_path / "crashed" / "checkpoints" / "4")  # Lost with the crash.
-  resumed = train.train_and_evaluate(c, str(tmp_path / "crashed"))
-  assert resumed["step"] == 4
-  _assert_trees_close(full["train_state"], resumed["train_state"], rtol=0, atol=0)
-  # Rows the crashed run logged after its last checkpoint are replaced, not duplicated.
-  steps = [r["step"] for r in _read_jsonl(resumed["metrics_file"]) if "loss" in r]
-  assert steps == [1, 2, 3, 4]
-
-
-@pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 12}, "config.batch_size=12 is not divisible by the 8"),
-    ({"optimizer.name": "adam_typo"}, "config.optimizer.name='adam_typo' is unknown"),
-    ({"method": "simclr_typo"}, "config.method='simclr_typo' is unknown"),
-    ({"mesh": [("data", 16)]}, "needs 16 devices but only 8"),
-    ({"data.name": "imagenet_typo"}, "config.data.name"),
-])
-def test_bad_config_fails_fast_with_a_clear_error(tmp_path, overrides, message):
-  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
-  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
 
 
 def test_cli_overrides_train_and_print_summary(tmp_path):

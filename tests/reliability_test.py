@@ -1,0 +1,298 @@
+"""Preemption, kills, non-finite steps, corrupt checkpoints and bad configs: nothing is lost,
+nothing is silently wrong."""
+import glob
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from big_contrast import metrics
+from big_contrast import train
+from big_contrast.methods import simclr
+from conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_DEVICE = [("data", 1)]
+
+
+def _restore(workdir, step=None) -> dict:
+  """{path: numpy array} of a checkpoint's whole train state (any mesh it was saved on)."""
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = step or manager.latest_step()
+    target = jax.tree.map(
+        lambda m: ocp.RestoreArgs(restore_type=np.ndarray) if hasattr(m, "shape") else None,
+        manager.item_metadata(step))
+    tree = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=target))
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _assert_identical(a: dict, b: dict):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+# --- preemption and kills: the CLI in subprocesses, as a cluster runs it -------------------
+
+# MoCo: its queue, queue position and momentum encoder must come back too.
+CLI_ARGS = ["--config=configs/moco_v2_digits.py", "--config.batch_size=32",
+            "--config.moco.queue_size=64", "--config.moco.bn_groups=2",
+            "--config.total_steps=10", "--config.log_every_steps=1",
+            "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2",
+            "--config.model.width=4", "--config.data.image_size=8",
+            "--config.augment.crop_size=8", "--config.eval.at_start=False",
+            "--config.eval.evaluators=()", "--config.mesh=(('data',1),)"]
+ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def _cli(workdir):
+  return subprocess.Popen([sys.executable, "-m", "big_contrast.main", *CLI_ARGS,
+                           f"--workdir={workdir}"], cwd=ROOT, env=ENV, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _signal_at(workdir, sig, at_step):
+  """Starts the CLI, sends `sig` once checkpoint `at_step` exists (the process is then
+  anywhere in its next steps or saves); returns (returncode, stdout)."""
+  proc = _cli(workdir)
+  deadline = time.time() + 300
+  while proc.poll() is None and time.time() < deadline:
+    if _steps(workdir) and max(_steps(workdir)) >= at_step:
+      proc.send_signal(sig)
+      break
+    time.sleep(0.02)
+  out, err = proc.communicate(timeout=300)
+  return proc.returncode, out + err
+
+
+@pytest.fixture(name="uninterrupted", scope="module")
+def uninterrupted_fixture(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  proc = _cli(workdir)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  return _restore(workdir)
+
+
+def test_sigkill_and_sigterm_then_resume_is_bit_identical(tmp_path, uninterrupted):
+  """Killed with SIGKILL three times at random steps (mid-step or mid-save), then preempted
+  with SIGTERM (the step finishes, its checkpoint is written, exit 0), then run to the end:
+  the final train state (parameters, optimizer state, MoCo's key encoder and queue) equals
+  the uninterrupted run's bit for bit."""
+  workdir = str(tmp_path / "killed")
+  rng = random.Random(0)
+  for at_step in sorted(rng.sample(range(1, 8), 3)):
+    code, out = _signal_at(workdir, signal.SIGKILL, at_step)
+    assert code == -signal.SIGKILL, out[-3000:]
+    assert not glob.glob(os.path.join(workdir, "checkpoints_corrupt", "*"))
+  code, out = _signal_at(workdir, signal.SIGTERM, 8)
+  assert code == 0, out[-3000:]
+  assert "Stopped by SIGTERM at step" in out
+  stopped = int(out.split("Stopped by SIGTERM at step ")[1].split()[0])
+  assert 8 <= stopped <= 10 and max(_steps(workdir)) == stopped  # Its own checkpoint.
+  proc = _cli(workdir)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  if stopped < 10:
+    assert f"Resumed from {os.path.join(workdir, 'checkpoints')} at step {stopped}" in err
+  assert "Finished 10 steps" in out
+  _assert_identical(_restore(workdir), uninterrupted)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows if "loss" in r] == list(range(1, 11))
+
+
+def test_sigint_in_process_stops_with_a_checkpoint_between_periodic_ones(tmp_path,
+                                                                         monkeypatch):
+  """In-process (a library user, a notebook): the signal lands mid-run; the step finishes,
+  a checkpoint is forced although none was due, and the handlers are restored."""
+  progress = metrics.MetricLogger.progress
+
+  def progress_then_signal(self, step, *args, **kw):
+    progress(self, step, *args, **kw)
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+  monkeypatch.setattr(metrics.MetricLogger, "progress", progress_then_signal)
+  before = signal.getsignal(signal.SIGINT)
+  c = tiny_config(total_steps=8, mesh=ONE_DEVICE,
+                  **{"checkpoint.every_steps": 5, "eval.evaluators": ()})
+  results = train.train_and_evaluate(c, str(tmp_path))
+  # Signalled after step 3 was logged: the step in flight (4) completes and is saved.
+  assert results["preempted"] == "SIGINT" and results["step"] == 4
+  assert "final" not in results and _steps(str(tmp_path)) == [4]
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+# --- non-finite steps ----------------------------------------------------------------------
+
+def _nan_at(monkeypatch, bad_step):
+  """SimCLR's loss becomes NaN at step `bad_step` (1-based, as logged)."""
+  loss = simclr.SimCLR.loss
+
+  def nan_loss(self, params, state, batch, rng, step):
+    value, aux = loss(self, params, state, batch, rng, step)
+    return value * jnp.where(step + 1 == bad_step, jnp.nan, 1.0), aux
+  monkeypatch.setattr(simclr.SimCLR, "loss", nan_loss)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path,
+                                                                          monkeypatch):
+  _nan_at(monkeypatch, 3)
+  c = tiny_config(total_steps=4, mesh=ONE_DEVICE,
+                  **{"checkpoint.every_steps": 2, "eval.evaluators": ()})
+  with pytest.raises(train.NonFiniteError, match=r"Step 3: non-finite loss, grad_norm .*"
+                     r"the last checkpoint \(step 2\) is untouched.*config.nonfinite='skip'"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert _steps(str(tmp_path)) == [2]
+  saved = _restore(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in saved.values())
+
+
+def test_nonfinite_steps_can_be_skipped_and_are_counted(tmp_path, monkeypatch):
+  _nan_at(monkeypatch, 3)
+  c = tiny_config(total_steps=4, nonfinite="skip", mesh=ONE_DEVICE,
+                  **{"checkpoint.every_steps": 1,
+                                                      "checkpoint.keep": 5,
+                                                      "eval.evaluators": ()})
+  results = train.train_and_evaluate(c, str(tmp_path))
+  assert results["step"] == 4 and int(results["train_state"]["nonfinite_steps"]) == 1
+  # Step 3 changed nothing but the step and the count.
+  two, three = _restore(str(tmp_path), 2), _restore(str(tmp_path), 3)
+  for k in two:
+    if k in ("['step']", "['nonfinite_steps']"):
+      assert three[k] == two[k] + 1
+    else:
+      np.testing.assert_array_equal(three[k], two[k], err_msg=k)
+  assert all(np.isfinite(x).all() for x in _restore(str(tmp_path), 4).values())
+  rows = [json.loads(line) for line in open(results["metrics_file"])]
+  assert [r["nonfinite_steps"] for r in rows if "loss" in r] == [0, 0, 1, 1]
+
+
+# --- checkpoints that cannot be restored -----------------------------------------------------
+
+def _damage(workdir, step):
+  """Truncates the largest data file of checkpoint `step` (a disk filled mid-write)."""
+  files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "**", "d", "*"),
+                    recursive=True)
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+
+
+def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, caplog):
+  c = tiny_config(total_steps=4, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  full = train.train_and_evaluate(c, str(tmp_path / "full"))["train_state"]
+  shutil.copytree(tmp_path / "full", tmp_path / "damaged")
+  _damage(str(tmp_path / "damaged"), 4)
+  with caplog.at_level(logging.ERROR, logger="absl"):
+    resumed = train.train_and_evaluate(c, str(tmp_path / "damaged"))
+  assert "Checkpoint 4" in caplog.text and "cannot be restored" in caplog.text
+  moved = os.listdir(tmp_path / "damaged" / "checkpoints_corrupt")
+  assert len(moved) == 1 and moved[0].startswith("4-")  # Kept for inspection, not deleted.
+  # Resumed from step 2 and redid steps 3-4 exactly.
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed["train_state"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _steps(str(tmp_path / "damaged")) == [2, 4]
+
+  for step in (2, 4):
+    _damage(str(tmp_path / "damaged"), step)
+  with pytest.raises(ValueError, match=r"None of the checkpoints \[4, 2\] .* could be restored"):
+    train.train_and_evaluate(c, str(tmp_path / "damaged"))
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+def test_resuming_with_an_incompatible_config_is_refused_saying_what_differs(tmp_path):
+  c = tiny_config(total_steps=2, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  train.train_and_evaluate(c, str(tmp_path))
+  saved = open(tmp_path / "config.json").read()
+  changed = tiny_config(total_steps=4, mesh=ONE_DEVICE, **{"eval.evaluators": (),
+                                                           "model.width": 8,
+                                          "loss.temperature": 0.5})
+  with pytest.raises(ValueError, match=(r"(?s)config.loss.temperature: saved 0.2, now 0.5.*"
+                                        r"config.model.width: saved 4, now 8.*new --workdir")):
+    train.train_and_evaluate(changed, str(tmp_path))
+  assert open(tmp_path / "config.json").read() == saved and _steps(str(tmp_path)) == [2]
+  # A config.json-less workdir (written elsewhere) is still refused, by the shapes.
+  os.remove(tmp_path / "config.json")
+  with pytest.raises(ValueError, match="holds a train state of other shapes"):
+    train.train_and_evaluate(changed, str(tmp_path))
+  # Run length, logging, evaluation, mesh: may change.
+  longer = tiny_config(total_steps=4, mesh=[("data", 2), ("fsdp", 4)],
+                       **{"eval.evaluators": ("knn",), "log_every_steps": 2})
+  assert train.train_and_evaluate(longer, str(tmp_path))["step"] == 4
+
+
+BAD_CONFIGS = [
+    # (recipe, overrides, the message's specific part)
+    ("simclr_digits", {"batch_size": 12}, "config.batch_size=12 is not divisible by the 8"),
+    ("simclr_digits", {"batch_size": 0}, "config.batch_size=0: must be an int >= 1"),
+    ("simclr_digits", {"optimizer.name": "adam_typo"},
+     "config.optimizer.name='adam_typo' is unknown"),
+    ("simclr_digits", {"method": "simclr_typo"}, "config.method='simclr_typo' is unknown"),
+    ("simclr_digits", {"mesh": [("data", 16)]}, "needs 16 devices but only 8"),
+    ("simclr_digits", {"mesh": [("dat", -1)]}, "names axes ['dat']; mesh axes are"),
+    ("simclr_digits", {"data.name": "imagenet_typo"}, "config.data.name='imagenet_typo'"),
+    ("simclr_digits", {"num_epoch": 3}, "config.num_epoch is not a config key (a typo?); "
+                                        "did you mean config.num_epochs?"),
+    ("simclr_digits", {"optimizer.lrr": 1.0}, "did you mean config.optimizer.lr?"),
+    ("simclr_digits", {"model.widht": 8}, "did you mean config.model.width?"),
+    ("simclr_digits", {"optimizer.temperature": 0.1}, "did you mean config.loss.temperature?"),
+    ("simclr_digits", {"optimizer.lr": -1.0}, "config.optimizer.lr=-1.0: must be a number > 0"),
+    ("simclr_digits", {"loss.temperature": 0.0}, "config.loss.temperature=0.0: must be"),
+    ("simclr_digits", {"total_steps": -5}, "config.total_steps=-5: must be an int >= 0"),
+    ("simclr_digits", {"checkpoint.keep": 0}, "config.checkpoint.keep=0: must be an int >= 1"),
+    ("simclr_digits", {"nonfinite": "ignore"}, "config.nonfinite='ignore': must be one of"),
+    ("simclr_digits", {"num_views": 1}, "config.num_views=1: simclr contrasts views"),
+    ("simclr_digits", {"micro_batches": 3},
+     "config.batch_size=16 must split into config.micro_batches=3"),
+    ("moco_v2_digits", {"micro_batches": 2}, "config.micro_batches=2: GradCache needs"),
+    ("simclr_digits", {"model.name": "vitt"}, "config.model.name='vitt' is unknown"),
+    ("simclr_digits", {"model.dtype": "float8"}, "config.model.dtype='float8' is unknown"),
+    ("simclr_digits", {"model.remat": "some"}, "config.model.remat='some' is unknown"),
+    ("simclr_digits", {"loss.positives": "labels"}, "config.loss.positives='labels' is unknown"),
+    ("simclr_digits", {"eval.evaluators": ("knn", "fid")}, "config.eval.evaluators has unknown"),
+    ("simclr_digits", {"eval.evaluators": ("zero_shot",)}, "need an image-text method"),
+    ("simclr_digits", {"sharding.rules": ((".*kernel", "tensor"),)},
+     "names mesh axis 'tensor', but config.mesh has ('data',)"),
+    ("clip_digits", {"data.name": "digits"},
+     "config.method='clip' trains on image-text pairs but config.data.name='digits' has no"),
+    ("clip_digits", {"text.tokenizer.length": 1}, "config.text.tokenizer.length=1"),
+    ("simclr_digits", {"data.name": "tfds", "data.tfds_name": "mnist",
+                       "data.data_dir": "/nonexistent/tfds"},
+     "config.data.data_dir='/nonexistent/tfds' does not exist"),
+    ("simclr_digits", {"init_from.workdir": "/nonexistent/run",
+                       "init_from.rules": ((".*", r"\g<0>"),)},
+     "config.init_from.workdir='/nonexistent/run' has no checkpoints/"),
+    ("swav_digits", {"swav.num_prototypes": 0}, "config.swav.num_prototypes=0: must be"),
+]
+
+
+@pytest.mark.parametrize("recipe, overrides, message", BAD_CONFIGS, ids=[
+    f"{r}:" + ",".join(f"{k}={v}" for k, v in o.items()) for r, o, _ in BAD_CONFIGS])
+def test_bad_config_fails_before_compiling_with_its_specific_message(recipe, overrides,
+                                                                      message, tmp_path,
+                                                                      monkeypatch):
+  def not_traced(*args, **kw):
+    raise AssertionError("the train step was traced before the config was rejected")
+  monkeypatch.setattr(train, "_train_step", not_traced)
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(tiny_config(recipe, **overrides), str(tmp_path))
+  assert message in str(error.value)
+  assert not _steps(str(tmp_path))
