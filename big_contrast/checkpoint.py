@@ -29,8 +29,11 @@ class Checkpointer:
     self.every_steps = every_steps
     self._manager = ocp.CheckpointManager(
         self.directory,
+        # cleanup_tmp_directories: a save cut short by a kill left only a temporary directory;
+        # it is removed on the next start.
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=False),
+                                             enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True),
         item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self):

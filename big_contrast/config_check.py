@@ -111,11 +111,9 @@ def check(config):
     raise ValueError(f"config.method={config.method!r} trains on image-text pairs but "
                      f"config.data.name={config.data.name!r} has no captions; use one of "
                      f"{image_text.DATASETS}.")
-  if (config.method not in IMAGE_TEXT_METHODS and config.num_views < 2 and
-      config.loss.get("positives") != "label"):
+  if config.method not in IMAGE_TEXT_METHODS and config.num_views < 2:
     raise ValueError(f"config.num_views={config.num_views}: {config.method} contrasts views "
-                     "of the same image and needs at least 2 (SupCon, loss.positives='label', "
-                     "can use 1).")
+                     "of the same image and needs at least 2.")
   data_dir = config.data.get("data_dir")
   if config.data.name.startswith("tfds") and data_dir and not os.path.isdir(data_dir):
     raise ValueError(f"config.data.data_dir={data_dir!r} does not exist; point it at the "

@@ -4,7 +4,7 @@
 
 ViT image tower (4 blocks of width 64, patch 4, MAP pooling), byte-level bidirectional text
 transformer (2 blocks of width 64, 48 tokens), 64-d joint space, batch 256, 505 steps
-(90 epochs), AdamW. Measured on a 2-core CPU (1 device), jax 0.10.2: 150 s for the whole
+(90 epochs), AdamW. Measured on a 2-core CPU (1 device), jax 0.10.2: 164 s for the whole
 command. Test split (360 images, chance 10% / 0.28%):
                  zero-shot top-1   R@1 i2t / t2i   R@10 i2t / t2i   k-NN (image tower)
   random init         9.2%          0.3% / 0.3%      3.3% / 2.5%        60.8%

@@ -114,6 +114,8 @@ def test_sigkill_and_sigterm_then_resume_is_bit_identical(tmp_path, uninterrupte
     assert f"Resumed from {os.path.join(workdir, 'checkpoints')} at step {stopped}" in err
   assert "Finished 10 steps" in out
   _assert_identical(_restore(workdir), uninterrupted)
+  # Saves cut short by a kill left temporary directories; the next start removed them.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "9"]
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in rows if "loss" in r] == list(range(1, 11))
 
