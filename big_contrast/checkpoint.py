@@ -46,14 +46,14 @@ class Checkpointer:
     Raises ValueError if a checkpoint holds another model's state (nothing is moved), or if
     checkpoints existed but none could be restored (all moved aside: no silent restart).
     """
-    steps = sorted(self._manager.all_steps(), reverse=True)
+    steps, want = sorted(self._manager.all_steps(), reverse=True), _shapes(abstract_state)
     for step in steps:
       try:
         shapes = _shapes(self._manager.item_metadata(step))
       except Exception as e:  # pylint: disable=broad-except
         self._quarantine(step, e)
         continue
-      if shapes != _shapes(abstract_state):
+      if shapes != want:
         raise ValueError(
             f"Checkpoint {step} in {self.directory} holds a train state of other shapes than "
             "this config's model and optimizer (e.g. another width, depth or optimizer); "

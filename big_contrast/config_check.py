@@ -11,12 +11,12 @@ import os
 
 import ml_collections
 
+from big_contrast import methods
 from configs import common
-from input_pipeline import pipeline
 from input_pipeline import image_text
 
 NONFINITE = ("error", "skip")
-IMAGE_TEXT_METHODS = ("clip", "siglip")
+IMAGE_TEXT_METHODS = tuple(k for k, v in methods.METHODS.items() if v is methods.ImageText)
 
 # Keys a recipe may set beyond base_config()'s, which every recipe starts from. A two-tower's
 # image tower takes the backbone keys, its text tower _TEXT_KEYS.
@@ -103,9 +103,6 @@ def check(config):
                        f"{low}.")
   if config.get("nonfinite", "error") not in NONFINITE:
     raise ValueError(f"config.nonfinite={config.nonfinite!r}: must be one of {NONFINITE}.")
-  if config.data.name not in pipeline.DATASETS:
-    raise ValueError(f"Unknown config.data.name={config.data.name!r}; choose one of "
-                     f"{pipeline.DATASETS}.")
   image_text_data = config.data.name in image_text.DATASETS
   if config.method in IMAGE_TEXT_METHODS and not image_text_data:
     raise ValueError(f"config.method={config.method!r} trains on image-text pairs but "
