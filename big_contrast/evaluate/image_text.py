@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from big_contrast.losses.info_nce import l2_normalize as _l2n
+from big_contrast.numerics import l2_normalize as _l2n
 
 
 def zero_shot_classifier(text_embeddings):

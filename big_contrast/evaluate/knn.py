@@ -4,7 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from big_contrast.losses.info_nce import l2_normalize
+from big_contrast.numerics import l2_normalize
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))

@@ -1,8 +1,6 @@
 """Pure contrastive losses: jnp in, scalar out; no Flax, no state."""
-from big_contrast.losses.info_nce import HIGHEST
 from big_contrast.losses.info_nce import contrastive
 from big_contrast.losses.info_nce import info_nce
-from big_contrast.losses.info_nce import l2_normalize
 from big_contrast.losses.info_nce import nt_xent
 from big_contrast.losses.swav import sinkhorn
 from big_contrast.losses.swav import swav_loss

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from big_contrast import sharding
-from big_contrast.losses.info_nce import HIGHEST
-from big_contrast.losses.info_nce import l2_normalize
+from big_contrast.numerics import HIGHEST
+from big_contrast.numerics import l2_normalize
 
 
 def softmax_clip(zimg, ztxt, t):

@@ -8,15 +8,8 @@ XLA inserts the all-gathers.
 import jax
 import jax.numpy as jnp
 
-
-# Similarities at full float32 precision: at τ = 0.1, TF32/bf16 matmuls (the GPU/TPU
-# defaults) put errors of ~1e-2 on the logits.
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def l2_normalize(x, axis=-1):
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis, keepdims=True), 1e-12))
+from big_contrast.numerics import HIGHEST
+from big_contrast.numerics import l2_normalize
 
 
 def contrastive(z, ids, temperature=0.1, decoupled=False):

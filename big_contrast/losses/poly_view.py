@@ -27,9 +27,9 @@ source here.
 import jax
 import jax.numpy as jnp
 
-from big_contrast.losses.info_nce import HIGHEST
 from big_contrast.losses.info_nce import contrastive
-from big_contrast.losses.info_nce import l2_normalize
+from big_contrast.numerics import HIGHEST
+from big_contrast.numerics import l2_normalize
 
 OBJECTIVES = ("geometric", "arithmetic", "multicrop")
 

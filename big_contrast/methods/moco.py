@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from big_contrast import losses
+from big_contrast import numerics
 from big_contrast.methods import base
 
 
@@ -90,7 +91,7 @@ class MoCo(base.Method):
       # Random unit vectors until real keys replace them, as in MoCo.
       queue = jax.random.normal(jax.random.fold_in(rng, 1),
                                 (self.config.moco.queue_size, self.config.model.head_dim))
-      state.update(queue=losses.l2_normalize(queue), queue_ptr=jnp.zeros((), jnp.int32))
+      state.update(queue=numerics.l2_normalize(queue), queue_ptr=jnp.zeros((), jnp.int32))
     return params, state
 
   def loss(self, params, state, batch, rng, step):
@@ -110,7 +111,7 @@ class MoCo(base.Method):
               if self.groups > 1 else None)
       (_, k), ema_model = grouped_forward(self.model, ema["params"], ema_model, xk,
                                           self.groups, perm, predict=False)
-      k = jax.lax.stop_gradient(losses.l2_normalize(k))
+      k = jax.lax.stop_gradient(numerics.l2_normalize(k))
       terms.append(losses.info_nce(q, k, t, queue))
       keys.append(k)
     loss = sum(terms) / len(terms) if queue is not None else 2 * t * sum(terms)

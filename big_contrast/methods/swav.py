@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from big_contrast import losses
+from big_contrast import numerics
 from big_contrast.methods import base
 
 
@@ -36,7 +37,7 @@ class SwAV(base.Method):
     encoder, model_state = base.init_model(self.model, rng_model, self.eval_view(images))
     prototypes = jax.random.normal(rng_protos, (self.config.model.head_dim,
                                                 self.config.swav.num_prototypes))
-    params = {"encoder": encoder, "prototypes": losses.l2_normalize(prototypes, axis=0)}
+    params = {"encoder": encoder, "prototypes": numerics.l2_normalize(prototypes, axis=0)}
     state = {"model": model_state}
     if self.config.swav.queue_size:
       state["queue"] = jnp.zeros((self.config.num_views, self.config.swav.queue_size,
@@ -47,11 +48,11 @@ class SwAV(base.Method):
     cfg = self.config.swav
     z, model_state = base.project_views(self.model, params["encoder"], state["model"],
                                         *self.views(rng, batch["image"]))
-    z = losses.l2_normalize(z)                                    # [V, B, D]
+    z = numerics.l2_normalize(z)                                    # [V, B, D]
     prototypes = params["prototypes"]
     prototypes = jnp.where(step < self.freeze_steps, jax.lax.stop_gradient(prototypes),
                            prototypes)
-    scores = jnp.matmul(z, prototypes, precision=losses.HIGHEST)    # [V, B, K]
+    scores = jnp.matmul(z, prototypes, precision=numerics.HIGHEST)    # [V, B, K]
     swav = lambda queue_scores: losses.swav_loss(
         scores, self.config.num_views, self.config.loss.temperature, cfg.epsilon,
         cfg.sinkhorn_iterations, queue_scores)
@@ -59,7 +60,7 @@ class SwAV(base.Method):
     if "queue" in state:
       queue = state["queue"]
       queue_scores = jax.lax.stop_gradient(
-          jnp.matmul(queue, prototypes, precision=losses.HIGHEST))
+          jnp.matmul(queue, prototypes, precision=numerics.HIGHEST))
       loss = jax.lax.cond(step >= self.queue_start, lambda: swav(queue_scores),
                           lambda: swav(None))
       # Newest first; the oldest batch falls off the end.
@@ -70,7 +71,7 @@ class SwAV(base.Method):
     return loss, (new_state, {})
 
   def after_update(self, params, state, step):
-    return {**params, "prototypes": losses.l2_normalize(params["prototypes"], axis=0)}, state
+    return {**params, "prototypes": numerics.l2_normalize(params["prototypes"], axis=0)}, state
 
   def features(self, params, state, images):
     (h, _), _ = base.forward(self.model, params["encoder"], state["model"],

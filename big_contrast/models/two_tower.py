@@ -5,7 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from big_contrast.losses.info_nce import l2_normalize
+from big_contrast.numerics import l2_normalize
 
 
 class TwoTower(nn.Module):
