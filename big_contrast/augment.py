@@ -14,21 +14,32 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from big_contrast import settings
+
 # ITU-R 601-2 luma, the weights torchvision and PIL use for grayscale. NumPy, not jnp: a jnp
 # constant would start the backend at import, before jax.distributed.initialize can run.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
+# `config.augment`, SimCLR's (Chen et al., 2020) augmentation; BYOL adds solarize_prob=0.2 to
+# one view (`config.augment_views`).
+SETTINGS = dict(
+    crop_size=settings.integer(32, low=1),
+    crop_scale=settings.interval((0.08, 1.0), 0.0, 1.0),
+    crop_ratio=settings.interval((3 / 4, 4 / 3), 1e-3),
+    flip_prob=settings.probability(0.5),
+    color_jitter_prob=settings.probability(0.8),
+    brightness=settings.number(0.4, low=0), contrast=settings.number(0.4, low=0),
+    saturation=settings.number(0.4, low=0), hue=settings.number(0.1, low=0, high=0.5),
+    grayscale_prob=settings.probability(0.2),
+    blur_prob=settings.probability(0.5), blur_sigma=settings.interval((0.1, 2.0), 0.0),
+    blur_kernel_frac=settings.number(0.1, low=0),
+    solarize_prob=settings.probability(0.0), solarize_threshold=settings.probability(0.5),
+)
+
+
 def default_config() -> ml_collections.ConfigDict:
-  """SimCLR (Chen et al., 2020) augmentation; BYOL adds solarize_prob=0.2 to one view."""
-  return ml_collections.ConfigDict(dict(
-      crop_size=32, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),
-      flip_prob=0.5,
-      color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
-      grayscale_prob=0.2,
-      blur_prob=0.5, blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1,
-      solarize_prob=0.0, solarize_threshold=0.5,
-  ))
+  return settings.defaults(SETTINGS)
 
 
 def _with_prob(rng, prob, op, image):

@@ -14,6 +14,11 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from big_contrast import settings
+
+# `config.checkpoint`: save every `every_steps` steps (0: only at the end), keep the newest `keep`.
+SETTINGS = dict(every_steps=settings.integer(1000, low=0), keep=settings.integer(3, low=1))
+
 
 class Checkpointer:
   """The train state pytree {step, params, state, opt_state, rng, nonfinite_steps} in

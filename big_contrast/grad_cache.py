@@ -33,8 +33,9 @@ def check(config, method, mesh):
   if k <= 1:
     return
   if not isinstance(method, base.EmbeddingMethod):
+    able = [n for n, cls in base.METHODS.items() if issubclass(cls, base.EmbeddingMethod)]
     raise ValueError(f"config.micro_batches={k}: GradCache needs a method whose loss is a "
-                     "function of per-example embeddings (simclr, poly_view, clip, siglip); "
+                     f"function of per-example embeddings ({', '.join(able)}); "
                      f"{config.method!r} keeps queues or codes in its loss. Set it to 1.")
   shards = sharding.num_batch_shards(mesh)
   if config.batch_size % (k * shards):

@@ -4,15 +4,29 @@ import re
 import jax
 import optax
 
+from big_contrast import settings
 from big_contrast import sharding
 
 OPTIMIZERS = ("adamw", "lion", "lars", "sgd")
 
-
-def check(cfg):
-  """Validates config.optimizer before anything is built or compiled."""
-  if cfg.name not in OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name={cfg.name!r} is unknown; choose one of {OPTIMIZERS}.")
+# `config.optimizer`. lr is per 256 examples when lr_batch_scale is set; b1, b2, eps
+# (adamw, lion), trust_coefficient (lars) and nesterov (sgd) are optional.
+SETTINGS = dict(
+    name=settings.choice("lars", OPTIMIZERS),
+    lr=settings.positive(0.3),
+    lr_batch_scale=settings.number(256, low=0),
+    weight_decay=settings.number(1e-6, low=0),
+    momentum=settings.number(0.9, low=0, high=1),
+    warmup_epochs=settings.number(10.0, low=0),
+    min_lr_ratio=settings.number(0.0, low=0, high=1),
+    grad_clip_norm=settings.number(0.0, low=0),
+    frozen=(),              # Regexes of parameter paths that get no updates.
+    b1=settings.optional(settings.number(0, low=0, high=1).check),
+    b2=settings.optional(settings.number(0, low=0, high=1).check),
+    eps=settings.optional(settings.positive(0).check),
+    trust_coefficient=settings.optional(settings.positive(0).check),
+    nesterov=settings.optional(settings.boolean(False).check),
+)
 
 
 def decay_mask(params):
@@ -55,7 +69,6 @@ def schedule(cfg, batch_size: int, total_steps: int, warmup_steps: int):
 
 def make(cfg, batch_size: int, total_steps: int, warmup_steps: int):
   """Returns (optax transformation, learning-rate schedule)."""
-  check(cfg)
   lr = schedule(cfg, batch_size, total_steps, warmup_steps)
   wd = cfg.get("weight_decay", 0.0)
   if cfg.name == "adamw":

@@ -8,9 +8,17 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from big_contrast import settings
+
 # Mesh axes over which the batch dimension is split, in this order.
 BATCH_AXES = ("data", "fsdp")
 MESH_AXES = BATCH_AXES + ("tensor",)
+
+# `config.sharding`: parameters and optimizer state are replicated unless a rule matches their
+# path. rules: (regex, spec) pairs, spec a PartitionSpec tuple or an axis name for "the largest
+# dimension it divides" (FSDP), or preset names "fsdp", "transformer_tp" (PRESETS). Leaves
+# under min_size elements stay replicated.
+SETTINGS = dict(rules=(), min_size=settings.integer(2**14, low=0))
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> jax.sharding.Mesh:

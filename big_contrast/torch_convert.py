@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from big_contrast.models.resnet import _DEPTHS as RESNET_DEPTHS  # pylint: disable=protected-access
+from big_contrast.models.resnet import DEPTHS as RESNET_DEPTHS
 from big_contrast.models.vit import posemb_sincos_2d
 
 LN_EPS = 1e-6      # flax.linen.LayerNorm's; timm's ViT default, open_clip needs it set.
@@ -441,7 +441,7 @@ MODEL_STATE = "state/model/"
 def flat_module(flat_state: dict, module: str) -> dict:
   """{"params/...", "batch_stats/..."} of `module` (e.g. "backbone", "encoder/backbone"; ""
   for the whole model) from a checkpoint's flat {"params/...", "state/..."}
-  (initialize.read_source)."""
+  (init_from.read_source)."""
   out, module = {}, f"{module}/" if module else ""
   for path, x in flat_state.items():
     for src, dst in ((f"params/{module}", "params/"),

@@ -17,9 +17,7 @@ from configs import siglip_b16
 
 def get_config(arg=None):
   del arg
-  c = siglip_b16.get_config()
-  c.method = "clip"
-  c.loss.impl = "full"
+  c = siglip_b16.b16_config("clip")
   c.model.image.update(pool="cls", posemb="sincos2d")   # MoCo v3's ViT.
   c.model.temperature_init = 1 / 0.07
   c.optimizer.frozen = (r"image/.*",)

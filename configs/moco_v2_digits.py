@@ -11,8 +11,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.digits_config()
-  c.method = "moco"
+  c = common.digits_config("moco")
   c.moco.update(momentum=0.99, momentum_final=0.99, queue_size=1024, predictor=False,
                 symmetric=False, bn_groups=8)
   c.model.head_bn = False               # MoCo v2's MLP head: fc-ReLU-fc.

@@ -14,8 +14,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet_config()
-  c.method = "moco"
+  c = common.imagenet_config("moco")
   c.batch_size = 256
   c.num_epochs = 200.0
   c.augment.update(crop_scale=(0.2, 1.0))

@@ -12,8 +12,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.digits_config()
-  c.method = "moco"
+  c = common.digits_config("moco")
   c.moco.update(momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True,
                 symmetric=True)
   c.model = ml_collections.ConfigDict(dict(

@@ -16,8 +16,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet_config()
-  c.method = "moco"
+  c = common.imagenet_config("moco")
   c.batch_size = 4096
   c.num_epochs = 300.0
   c.augment.update(crop_scale=(0.08, 1.0), brightness=0.4, contrast=0.4, saturation=0.2,

@@ -13,8 +13,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.digits_config()
-  c.method = "poly_view"
+  c = common.digits_config("poly_view")
   c.batch_size = 128
   c.num_views = 4
   c.num_epochs = 15.0        # Same 168 steps (and 512 views per step) as simclr_digits.

@@ -12,8 +12,8 @@ from configs import simclr_imagenet
 
 
 def get_config(arg=None):
-  c = simclr_imagenet.get_config(arg)
-  c.method = "poly_view"
+  del arg
+  c = simclr_imagenet.simclr_config("poly_view")
   c.batch_size = 256
   c.num_views = 8
   c.num_epochs = 128.0

@@ -20,9 +20,14 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet_config()
-  c.method = "siglip"
-  c.num_views = 1
+  c = b16_config("siglip")
+  c.loss.impl = "ring"
+  return c
+
+
+def b16_config(method: str):
+  """This recipe for an image-text `method` (clip or siglip), without the loss's own keys."""
+  c = common.imagenet_config(method)
   c.batch_size = 32768
   c.num_epochs = 10.0
   c.data.update(name="tfds_captions", tfds_name="coco_captions", train_split="train",
@@ -38,7 +43,6 @@ def get_config(arg=None):
       text=ml_collections.ConfigDict(dict(width=768, depth=12, heads=12, causal=False,
                                           pool="last")),
       temperature_init=10.0, bias_init=-10.0))
-  c.loss.impl = "ring"
   c.optimizer.update(name="adamw", lr=1e-3, lr_batch_scale=0, weight_decay=1e-4, b1=0.9,
                      b2=0.95, grad_clip_norm=1.0, warmup_epochs=0.5)
   c.eval.update(evaluators=("retrieval",), batch_size=1024)

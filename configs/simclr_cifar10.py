@@ -25,5 +25,6 @@ def get_config(arg=None):
   c.optimizer.update(name="lars", lr=1.0, lr_batch_scale=256, weight_decay=1e-4,
                      warmup_epochs=10.0)
   c.checkpoint.every_steps = 1000
-  c.eval.update(every_steps=10_000, batch_size=1000, probe_epochs=90, probe_batch_size=1024)
+  c.eval.update(every_steps=10_000, batch_size=1000)
+  c.eval.linear_probe.update(epochs=90, batch_size=1024)
   return c

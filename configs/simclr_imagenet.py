@@ -14,7 +14,13 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet_config()
+  return simclr_config("simclr")
+
+
+def simclr_config(method: str):
+  """This recipe's data, model, augmentation and optimizer for `method` (the SimCLR family:
+  simclr, poly_view, nnclr, ...)."""
+  c = common.imagenet_config(method)
   c.batch_size = 4096
   c.num_epochs = 1000.0
   c.augment.update(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)   # Strength 1.0.

@@ -10,8 +10,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.digits_config()
-  c.method = "swav"
+  c = common.digits_config("swav")
   c.multicrop.num_small = 4
   # With the paper's ε = 0.05 (30 or 300 prototypes) this tiny set collapsed to the uniform
   # solution (loss stuck at log K from step ~20); sharper codes (ε = 0.03) learn.

@@ -13,8 +13,7 @@ from configs import common
 
 def get_config(arg=None):
   del arg
-  c = common.imagenet_config()
-  c.method = "swav"
+  c = common.imagenet_config("swav")
   c.batch_size = 4096
   c.num_epochs = 800.0
   c.augment.update(crop_scale=(0.14, 1.0), brightness=0.8, contrast=0.8, saturation=0.8,

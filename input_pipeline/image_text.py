@@ -50,7 +50,7 @@ from sklearn import datasets
 
 from input_pipeline import digits, resize
 
-DATASETS = ("digits_captions", "tfds_captions")
+DATASETS = ("digits_captions", "tfds_captions")  # Registered in input_pipeline/sources.py.
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven",
                "eight", "nine")
 WEIGHTS = ("thin", "medium", "bold")

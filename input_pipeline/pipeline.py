@@ -18,39 +18,13 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from input_pipeline import digits, image_text, tfds_source
 
 Batch = dict[str, np.ndarray]
 Source = Sequence[dict[str, Any]]  # Random access: len() and [i].
-DATASETS = ("digits", "tfds") + image_text.DATASETS
 
 # Each element is a whole batch: a few in flight overlap host decoding with
 # the device step without holding many batches of large images in memory.
 _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
-
-
-def get_sources(data_cfg: ml_collections.ConfigDict) -> tuple[Source, Source, int]:
-  """Returns (train_source, test_source, num_classes) named by `data_cfg`.
-
-  'digits' is the embedded default (uses only `image_size`); 'tfds' reads
-  `tfds_name` splits `train_split`/`test_split` prepared in `data_dir`.
-  Image-text data ('digits_captions', 'tfds_captions'; input_pipeline.image_text)
-  yields examples with "captions" and has `class_names` for zero-shot evaluation.
-  """
-  if data_cfg.name in image_text.DATASETS:
-    train, test = image_text.get_image_text_sources(data_cfg)
-    return train, test, train.num_classes
-  if data_cfg.name == "digits":
-    return (digits.source("train", data_cfg.image_size),
-            digits.source("test", data_cfg.image_size), digits.NUM_CLASSES)
-  if data_cfg.name == "tfds":
-    train, test = (
-        tfds_source.TfdsSource(data_cfg.tfds_name, split, data_cfg.image_size,
-                               data_cfg.data_dir)
-        for split in (data_cfg.train_split, data_cfg.test_split))
-    return train, test, train.num_classes
-  raise ValueError(f"Unknown config.data.name={data_cfg.name!r}; "
-                   f"choose one of {DATASETS}.")
 
 
 def _process_batches(examples: grain.MapDataset, global_batch_size: int,

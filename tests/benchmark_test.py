@@ -53,9 +53,14 @@ def test_training_step_count_agrees_with_xla_cost_analysis():
 def test_benchmark_runs_on_cpu_and_reports(data, tmp_path):
   config = tiny_config("simclr_digits", mesh=[("data", 2)])
   result = benchmark.run(config, data=data, steps=2, warmup=1, peak_tflops=1.0)
-  assert result["images_per_s"] > 0 and result["step_s_median"] > 0
-  assert result["matmul_flops_per_step"] > 0 and result["xla_flops_per_step"] > 0
-  assert 0 < result["mfu"] < 1
+  assert result["images_per_s"] == pytest.approx(16 / result["step_s_median"])
+  assert result["step_s_p10"] <= result["step_s_median"] <= result["step_s_p90"]
+  # MFU is the analytic matmul count over the step time and the given peak (1 TFLOP/s × 2).
+  assert result["mfu"] == pytest.approx(
+      result["matmul_flops_per_step"] / result["step_s_median"] / 2e12)
+  # The analytic count covers the convolutions and matmuls, most of XLA's count.
+  assert 0.75 < result["matmul_flops_per_step"] / result["xla_flops_per_step"] < 1.25
+  assert result["devices"] == 2 and result["batch_size"] == 16 and result["steps"] == 2
   assert result["memory"]["temp_bytes"] > 0 and result["compile_s"] > 0
   assert ("host_images_per_s" in result) == (data == "pipeline")
   json.dumps(result)

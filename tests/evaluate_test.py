@@ -6,6 +6,9 @@ import numpy as np
 from big_contrast import evaluate
 from big_contrast import sharding
 from input_pipeline import digits
+import pytest
+from big_contrast import train
+from conftest import tiny_config
 
 
 def _knn_reference(train_x, train_y, test_x, k, t, num_classes):
@@ -52,3 +55,46 @@ def test_extract_on_8_devices_keeps_order_and_drops_padding():
     feats, labels = evaluate.extract(mean_pixel, source, mesh, batch_size=64)
     np.testing.assert_allclose(feats, want, rtol=1e-6)
     np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(len(source))])
+
+
+# Evaluators on hand-made embeddings.
+
+def test_zero_shot_on_known_embeddings():
+  classes = np.eye(3)                                   # class c points along axis c
+  prompts = np.stack([classes + 0.1, classes * 2])      # two templates; normalised away
+  classifier = evaluate.zero_shot_classifier(prompts.transpose(1, 0, 2))
+  images = np.array([[1, 0.2, 0], [0, 0, 3], [0.1, 1, 0], [1, 0, 0]])
+  labels = np.array([0, 2, 1, 1])
+  acc = evaluate.zero_shot_accuracy(images, classifier, labels, ks=(1, 2))
+  np.testing.assert_allclose(acc[1], 0.75)   # the last image is a 0, labelled 1
+  np.testing.assert_allclose(acc[2], 1.0)
+
+
+def test_retrieval_recall_on_known_embeddings():
+  images = np.eye(4)[:3]                     # 3 images along axes 0, 1, 2
+  texts = np.array([[1, 0, 0, 0],            # caption of image 0
+                    [0, 0.3, 1, 0],          # caption of image 1, but points at image 2
+                    [0, 0.9, 0.1, 0],        # caption of image 1
+                    [0, 0, 1, 0.5]])         # caption of image 2
+  r = evaluate.retrieval_recall(images, texts, np.array([0, 1, 1, 2]), ks=(1, 2))
+  # image -> text: 0 finds text 0; 1 finds text 2 (its own); 2's best is text 1 (image 1's).
+  np.testing.assert_allclose([r["i2t_r@1"], r["i2t_r@2"]], [2 / 3, 1])
+  # text -> image: texts 0, 2, 3 right at 1; text 1 ranks image 2 first, image 1 second.
+  np.testing.assert_allclose([r["t2i_r@1"], r["t2i_r@2"]], [3 / 4, 1])
+
+
+def test_retrieval_ties_count_against_the_model():
+  same = np.ones((5, 4))
+  r = evaluate.retrieval_recall(same, same, np.arange(5), ks=(1,))
+  assert r["i2t_r@1"] == 0 and r["t2i_r@1"] == 0
+
+
+
+def test_image_text_evaluators_need_an_image_text_method(tmp_path):
+  c = tiny_config("simclr_digits", **{"eval.evaluators": ("knn", "zero_shot")})
+  with pytest.raises(ValueError, match="need an image-text method"):
+    train.train_and_evaluate(c, str(tmp_path))
+  c = tiny_config("simclr_digits", **{"eval.evaluators": ("knn", "recall")})
+  with pytest.raises(ValueError, match="config.eval.evaluators='recall' is not a known "
+                                       "evaluator"):
+    train.train_and_evaluate(c, str(tmp_path))

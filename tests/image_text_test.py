@@ -10,6 +10,10 @@ import tensorflow_datasets as tfds
 from sklearn import datasets
 
 from input_pipeline import digits, image_text, resize
+from conftest import tiny_config
+from input_pipeline import pipeline
+from input_pipeline import sources
+from input_pipeline import tokenizers
 
 
 def data_config(**overrides):
@@ -299,3 +303,19 @@ def test_label_key_must_be_a_class_label(tfds_dir):
       ValueError, match=r"config\.data\.label_key='number'.*not a ClassLabel"):
     image_text.TfdsImageTextSource(
         "tiny_captions", "train", 8, data_dir=tfds_dir, label_key="number")
+
+
+# Data: captions are tokenized on the host, one random caption per example per epoch.
+
+def test_train_batches_carry_tokens_of_a_caption_that_changes_across_epochs():
+  c = tiny_config("clip_digits", **{"text.tokenizer.length": 64})
+  tok = tokenizers.get_tokenizer(c.text.tokenizer)
+  train_src, _, _ = sources.get_sources(c.data)
+  batches = pipeline.train_batches(train_src, 16, seed=0, tokenizer=tok)
+  b0 = batches[0]
+  assert b0["text"].shape == (16, 64) and b0["text"].dtype == np.int32
+  assert "captions" not in b0
+  np.testing.assert_array_equal(batches[0]["text"], b0["text"])   # deterministic, resumable
+  # Captions are drawn from each image's templates: many distinct texts over a few batches.
+  texts = {tok.decode(t) for s in range(0, 400, 16) for t in batches[s]["text"]}
+  assert len(texts) > 200

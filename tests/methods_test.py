@@ -1,6 +1,7 @@
 """Method mechanics: MoCo queue and EMA, SwAV prototypes and multi-crop, poly-view, recipes."""
 import glob
 import importlib
+import json
 import os
 
 import jax
@@ -12,7 +13,9 @@ from big_contrast import losses
 from big_contrast import methods
 from big_contrast import optim
 from big_contrast import train
+from big_contrast import run as run_lib
 from big_contrast.methods import moco
+from conftest import assert_fraction_of_test_split
 from conftest import tiny_config
 from input_pipeline import digits
 
@@ -27,7 +30,7 @@ def _batch(n=16, size=8):
 
 
 def _init(config):
-  method = methods.get(config, SCHEDULE)
+  method = run_lib.build_method(config, SCHEDULE)
   params, state = method.init(jax.random.PRNGKey(0), _batch()["image"][:2])
   return method, params, state
 
@@ -39,7 +42,17 @@ def test_every_digits_recipe_trains_a_few_steps(recipe, tmp_path):
       tiny_config(recipe, total_steps=2, mesh=[("data", 2)], **{"init_from.workdir": ""}),
       str(tmp_path))
   assert results["step"] == 2
-  assert 0 <= results["final"]["eval/knn_top1"] <= 1
+  c = tiny_config(recipe)
+  want = {"knn": {"knn_top1"}, "linear_probe": {"linear_probe_top1"},
+          "zero_shot": {"zero_shot_top1", "zero_shot_top5"},
+          "retrieval": {f"{d}_r@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}}
+  assert set(results["final"]) == {f"eval/{m}" for e in c.eval.evaluators for m in want[e]}
+  for name in ("knn_top1", "linear_probe_top1", "zero_shot_top1"):
+    if f"eval/{name}" in results["final"]:
+      assert_fraction_of_test_split(results["final"][f"eval/{name}"])
+  rows = [json.loads(line) for line in open(results["metrics_file"])]
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
 def test_enqueue_wraps_around():
@@ -116,7 +129,7 @@ def test_moco_v2_loss_shuffles_keys_with_a_fresh_permutation_every_step():
   rng = jax.random.PRNGKey(1)
   _, (s1, _) = loss(rng)
   grouped_off = tiny_config("moco_v2_digits", **{"moco.bn_groups": 1})
-  m1 = methods.get(grouped_off, SCHEDULE)
+  m1 = run_lib.build_method(grouped_off, SCHEDULE)
   _, (s0, _) = m1.loss(params, state, _batch(), rng, jnp.int32(0))
   assert not np.allclose(s1["queue"][:16], s0["queue"][:16], atol=1e-4)
 
@@ -139,12 +152,12 @@ def test_moco_v3_loss_is_two_tau_times_the_summed_directions():
 
 def test_moco_rejects_bn_groups_that_do_not_divide_the_batch():
   with pytest.raises(ValueError, match="config.moco.bn_groups=5 must divide"):
-    methods.get(tiny_config("moco_v2_digits", **{"moco.bn_groups": 5}), SCHEDULE)
+    run_lib.build_method(tiny_config("moco_v2_digits", **{"moco.bn_groups": 5}), SCHEDULE)
 
 
 def test_moco_rejects_a_queue_that_does_not_hold_whole_batches():
   with pytest.raises(ValueError, match="config.moco.queue_size=100 must be a multiple of the 16"):
-    methods.get(tiny_config("moco_v2_digits", **{"moco.queue_size": 100}), SCHEDULE)
+    run_lib.build_method(tiny_config("moco_v2_digits", **{"moco.queue_size": 100}), SCHEDULE)
 
 
 def test_multicrop_view_shapes():
@@ -192,7 +205,7 @@ def test_poly_view_with_two_views_is_simclr():
   c = tiny_config("poly_view_digits", num_views=2, batch_size=16)
   method, params, state = _init(c)
   pv, _ = method.loss(params, state, _batch(), jax.random.PRNGKey(3), 0)
-  simclr = methods.get(tiny_config("simclr_digits"), SCHEDULE)
+  simclr = run_lib.build_method(tiny_config("simclr_digits"), SCHEDULE)
   sc, _ = simclr.loss(params, state, _batch(), jax.random.PRNGKey(3), 0)
   np.testing.assert_allclose(pv, sc, rtol=1e-5)
 
@@ -211,32 +224,48 @@ ALL_RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(__file__), "..", "configs", "[a-z]*_*.py")))
 
 
+# Image backbones of the paper-scale recipes: the parameter counts of the models they export to
+# (torchvision resnet50 without fc: 25,557,032 - 2,049,000; timm vit_base_patch16_224 without
+# head and learned positions (ours are sin-cos): 86,567,656 - 769,000 - 151,296; timm
+# vit_base_patch16_siglip_224 without classifier).
+RESNET50, VIT_B16_COS, VIT_B16_SIGLIP = 23_508_032, 85_647_360, 92_884_224
+BACKBONE_PARAMS = {
+    **{r: RESNET50 for r in ("simclr_imagenet", "dcl_imagenet", "supcon_imagenet",
+                             "moco_v2_imagenet", "swav_imagenet", "poly_view_imagenet",
+                             "nnclr_imagenet", "mv_infonce_imagenet", "mv_dhel_imagenet",
+                             "poly_view_suffstats_imagenet")},
+    "moco_v3_imagenet": VIT_B16_COS, "lit_b16": VIT_B16_COS, "siglip_b16": VIT_B16_SIGLIP}
+
+
 @pytest.mark.parametrize("recipe", ALL_RECIPES)
 def test_every_recipe_builds_its_method_and_model(recipe):
   """Paper-scale recipes cannot run here; their method, optimizer and shapes are checked."""
   c = importlib.import_module(f"configs.{recipe}").get_config()
-  if c.text.tokenizer.name == "sentencepiece":  # Needs the user's model file: same length.
+  if "text" in c and c.text.tokenizer.name == "sentencepiece":  # Needs the user's model file.
     c.text.tokenizer.name = "bytes"
-  method = methods.get(c, methods.Schedule(total_steps=1000, steps_per_epoch=10))
+  method = run_lib.build_method(c, methods.Schedule(total_steps=1000, steps_per_epoch=10))
   size = c.data.image_size
   params, state = jax.eval_shape(method.init, jax.random.PRNGKey(0),
                                  jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
   tx, _ = optim.make(c.optimizer, c.batch_size, 1000, 10)
   jax.eval_shape(tx.init, params)
-  assert sum(x.size for x in jax.tree.leaves(params)) > 0
+  tower = params.get("encoder", params)
+  tower = tower["backbone"] if "backbone" in tower else tower["image"]
+  count = sum(x.size for x in jax.tree.leaves(tower))
+  assert count == BACKBONE_PARAMS.get(recipe, count) > 0, (recipe, count)
 
 
 def test_per_view_augmentation_overrides():
   c = tiny_config("simclr_digits")
   c.augment_views = ({"solarize_prob": 1.0, "solarize_threshold": 0.0},)
-  method = methods.get(c, SCHEDULE)
+  method = run_lib.build_method(c, SCHEDULE)
   assert method.view_augment(0).solarize_prob == 1.0
   assert method.view_augment(1).solarize_prob == c.augment.solarize_prob == 0.0
   same = c.copy_and_resolve_references()
   same.augment_views = ()
   key, images = jax.random.PRNGKey(0), _batch()["image"]
   (v0, v1), _ = method.views(key, images)
-  (w0, w1), _ = methods.get(same, SCHEDULE).views(key, images)
+  (w0, w1), _ = run_lib.build_method(same, SCHEDULE).views(key, images)
   np.testing.assert_allclose(v1, w1)                # View 1 is untouched.
   unnormalize = lambda v: v * 0.5 + 0.5             # Digits recipes normalise with 0.5 / 0.5.
   np.testing.assert_allclose(unnormalize(v0), 1 - unnormalize(w0), atol=1e-5)  # Solarized.

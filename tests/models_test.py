@@ -4,9 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from big_contrast import methods
 from big_contrast import models
+from big_contrast import run as run_lib
 from big_contrast.methods import base
 from configs import common
+from conftest import tiny_config
 
 
 @pytest.mark.parametrize("depth, stem, size, feat", [
@@ -112,7 +115,7 @@ def _model_config(name, **kw):
     c.image.update(width=16, depth=1, heads=2)
     c.text.update(width=16, depth=1, heads=2)
   else:
-    c = common.base_config().model
+    c = common.base_config("moco").model
     c.update(depth=18, width=4, stem="cifar", head_hidden_dims=(8,), head_dim=4,
              predictor_hidden_dims=(8,))
     if name == "vit":
@@ -153,3 +156,58 @@ def test_bfloat16_params_everywhere_with_finite_loss_and_gradient(name):
 def test_unknown_remat_or_dtype_names_the_config_key(name, key, value):
   with pytest.raises(ValueError, match=rf"config\.model\.{key}=.*{value}"):
     _build(_model_config(name, **{key: value}))
+
+
+# Text tower.
+
+def _text(causal, pool="last"):
+  return models.TextTransformer(vocab_size=50, width=16, depth=2, heads=2, context_length=12,
+                                causal=causal, pool=pool)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("pool", ["last", "gap", "map"])
+def test_text_tower_ignores_padding(causal, pool):
+  model = _text(causal, pool)
+  short = jnp.array([[5, 6, 7, 1, 0, 0, 0, 0]])
+  longer = jnp.array([[5, 6, 7, 1, 0, 0, 0, 0, 0, 0, 0, 0]])
+  params = model.init(jax.random.PRNGKey(0), longer)
+  np.testing.assert_allclose(model.apply(params, short), model.apply(params, longer),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_causal_text_tower_last_token_sees_every_token_but_not_the_future():
+  model = _text(causal=True)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+  hidden = lambda t: model.apply(params, jnp.array([t]))
+  a, b = hidden([5, 6, 7, 1, 0, 0]), hidden([9, 6, 7, 1, 0, 0])
+  assert not np.allclose(a, b)   # the pooled EOS token attends to the first token
+
+
+def test_text_tower_rejects_too_many_tokens():
+  model = _text(causal=True)
+  with pytest.raises(ValueError, match="exceed the text tower's context_length 12"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 13), jnp.int32))
+
+
+def test_vit_map_pooling():
+  model = models.vit("Ti/4", width=16, depth=1, heads=2, pool="map")
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)))
+  assert "map_head" in params["params"]
+  assert model.apply(params, jnp.ones((2, 8, 8, 3))).shape == (2, 16)
+
+
+SCHEDULE = methods.Schedule(total_steps=10, steps_per_epoch=2)
+
+
+def test_two_tower_temperature_and_bias_init():
+  c = tiny_config("siglip_digits")
+  clip_method = run_lib.build_method(tiny_config("clip_digits"), SCHEDULE)
+  siglip_method = run_lib.build_method(c, SCHEDULE)
+  images = jnp.zeros((1, 8, 8, 3), jnp.uint8)
+  p_clip, _ = clip_method.init(jax.random.PRNGKey(0), images)
+  p_sig, _ = siglip_method.init(jax.random.PRNGKey(0), images)
+  np.testing.assert_allclose(np.exp(p_clip["t"]), 1 / 0.07, rtol=1e-6)
+  assert "b" not in p_clip
+  np.testing.assert_allclose(np.exp(p_sig["t"]), 10.0, rtol=1e-6)
+  np.testing.assert_allclose(p_sig["b"], -10.0)

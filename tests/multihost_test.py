@@ -12,15 +12,17 @@ import jax
 import numpy as np
 
 from big_contrast import train
+from conftest import subprocess_env
 from conftest import tiny_config
+from conftest import xla_flags
 
 # Data parallel across the two processes, FSDP over the 4 devices of each: parameters,
 # optimizer state and BatchNorm statistics are split, and the batch over all 8 devices.
 MESH = {"mesh": [("data", 2), ("fsdp", 4)], "sharding.rules": ("fsdp",), "sharding.min_size": 0}
 
-_WORKER = f"MESH = {MESH!r}\n" + textwrap.dedent("""
+_WORKER = f"MESH = {MESH!r}\nXLA_FLAGS = {xla_flags(4)!r}\n" + textwrap.dedent("""
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = XLA_FLAGS
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
     import numpy as np
@@ -99,8 +101,7 @@ def test_cli_two_processes_stop_together_when_one_is_preempted(tmp_path):
   """The README's explicit-coordinator command; SIGTERM reaches only process 1 (as when one
   node of a job is preempted): both processes stop after the same step, save it, exit 0."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = subprocess_env(2, PYTHONPATH=root)
   port = str(_free_port())
   workdir = str(tmp_path / "cli")
   workers = [subprocess.Popen(
@@ -130,7 +131,7 @@ def test_cli_rejects_partial_distributed_flags(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "big_contrast.main", "--config=configs/simclr_digits.py",
        f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:1234"],
-      env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"), cwd=root,
+      env=subprocess_env(1, PYTHONPATH=root), cwd=root,
       capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "go together" in out.stderr

@@ -18,8 +18,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from big_contrast import metrics
+from big_contrast import run as run_lib
 from big_contrast import train
 from big_contrast.methods import simclr
+from conftest import subprocess_env
 from conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +61,7 @@ CLI_ARGS = ["--config=configs/moco_v2_digits.py", "--config.batch_size=32",
             "--config.model.width=4", "--config.data.image_size=8",
             "--config.augment.crop_size=8", "--config.eval.at_start=False",
             "--config.eval.evaluators=()", "--config.mesh=(('data',1),)"]
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+ENV = subprocess_env(1)
 
 
 def _cli(workdir):
@@ -246,36 +248,47 @@ BAD_CONFIGS = [
     ("simclr_digits", {"batch_size": 12}, "config.batch_size=12 is not divisible by the 8"),
     ("simclr_digits", {"batch_size": 0}, "config.batch_size=0: must be an int >= 1"),
     ("simclr_digits", {"optimizer.name": "adam_typo"},
-     "config.optimizer.name='adam_typo' is unknown"),
-    ("simclr_digits", {"method": "simclr_typo"}, "config.method='simclr_typo' is unknown"),
+     "config.optimizer.name='adam_typo': must be one of"),
+    ("simclr_digits", {"method": "simclr_typo"}, "config.method='simclr_typo' is not a known "
+                                                 "method (did you mean 'simclr'?)"),
     ("simclr_digits", {"mesh": [("data", 16)]}, "needs 16 devices but only 8"),
     ("simclr_digits", {"mesh": [("dat", -1)]}, "names axes ['dat']; mesh axes are"),
     ("simclr_digits", {"data.name": "imagenet_typo"}, "config.data.name='imagenet_typo'"),
-    ("simclr_digits", {"num_epoch": 3}, "config.num_epoch is not a config key (a typo?); "
+    ("simclr_digits", {"num_epoch": 3}, "config.num_epoch is not a config key of this run (a typo?); "
                                         "did you mean config.num_epochs?"),
     ("simclr_digits", {"optimizer.lrr": 1.0}, "did you mean config.optimizer.lr?"),
+    ("simclr_digits", {"moco.momentum": 0.9}, "it is a key of method moco, not of 'simclr'"),
+    ("poly_view_digits", {"loss.positives": "label"},
+     "config.loss.positives is not a config key of this run (a typo?); it is a key of method"),
+    ("poly_view_digits", {"loss.objective": "geometrc"}, "config.loss.objective='geometrc': "
+                                                         "must be one of"),
+    ("simclr_digits", {"augment.crop_scale": (1.0, 0.3)}, "config.augment.crop_scale=(1.0, 0.3)"
+                                                          ": must be a pair (lo, hi)"),
+    ("simclr_digits", {"augment.flip_prob": 1.5}, "config.augment.flip_prob=1.5: must be a "
+                                                  "number >= 0 and <= 1"),
+    ("simclr_digits", {"data.name": "tfds"}, "set config.data.tfds_name"),
     ("simclr_digits", {"model.widht": 8}, "did you mean config.model.width?"),
-    ("simclr_digits", {"optimizer.temperature": 0.1}, "did you mean config.loss.temperature?"),
+    ("simclr_digits", {"optimizer.temperature": 0.1}, "did you mean config.eval.knn.temperature or config.loss.temperature?"),
     ("simclr_digits", {"optimizer.lr": -1.0}, "config.optimizer.lr=-1.0: must be a number > 0"),
     ("simclr_digits", {"loss.temperature": 0.0}, "config.loss.temperature=0.0: must be"),
     ("simclr_digits", {"total_steps": -5}, "config.total_steps=-5: must be an int >= 0"),
     ("simclr_digits", {"checkpoint.keep": 0}, "config.checkpoint.keep=0: must be an int >= 1"),
     ("simclr_digits", {"nonfinite": "ignore"}, "config.nonfinite='ignore': must be one of"),
-    ("simclr_digits", {"num_views": 1}, "config.num_views=1: simclr contrasts views"),
+    ("simclr_digits", {"num_views": 1}, "config.num_views=1: must be an int >= 2"),
     ("simclr_digits", {"micro_batches": 3},
      "config.batch_size=16 must split into config.micro_batches=3"),
     ("moco_v2_digits", {"micro_batches": 2}, "config.micro_batches=2: GradCache needs"),
-    ("simclr_digits", {"model.name": "vitt"}, "config.model.name='vitt' is unknown"),
-    ("simclr_digits", {"model.dtype": "float8"}, "config.model.dtype='float8' is unknown"),
-    ("simclr_digits", {"model.remat": "some"}, "config.model.remat='some' is unknown"),
-    ("simclr_digits", {"loss.positives": "labels"}, "config.loss.positives='labels' is unknown"),
-    ("simclr_digits", {"eval.evaluators": ("knn", "fid")}, "config.eval.evaluators has unknown"),
+    ("simclr_digits", {"model.name": "vitt"}, "config.model.name='vitt': must be one of ('resnet', 'vit')"),
+    ("simclr_digits", {"model.dtype": "float8"}, "config.model.dtype='float8': must be one of"),
+    ("simclr_digits", {"model.remat": "some"}, "config.model.remat='some': must be one of"),
+    ("simclr_digits", {"loss.positives": "labels"}, "config.loss.positives='labels': must be one of"),
+    ("simclr_digits", {"eval.evaluators": ("knn", "fid")}, "config.eval.evaluators='fid' is not a known evaluator"),
     ("simclr_digits", {"eval.evaluators": ("zero_shot",)}, "need an image-text method"),
     ("simclr_digits", {"sharding.rules": ((".*kernel", "tensor"),)},
      "names mesh axis 'tensor', but config.mesh has ('data',)"),
     ("clip_digits", {"data.name": "digits"},
-     "config.method='clip' trains on image-text pairs but config.data.name='digits' has no"),
-    ("clip_digits", {"text.tokenizer.length": 1}, "config.text.tokenizer.length=1"),
+     "config.data.name='digits' has no captions; the method trains on image-text pairs"),
+    ("clip_digits", {"text.tokenizer.length": 1}, "config.text.tokenizer.length=1: must be an int >= 2"),
     ("simclr_digits", {"data.name": "tfds", "data.tfds_name": "mnist",
                        "data.data_dir": "/nonexistent/tfds"},
      "config.data.data_dir='/nonexistent/tfds' does not exist"),
@@ -293,7 +306,7 @@ def test_bad_config_fails_before_compiling_with_its_specific_message(recipe, ove
                                                                       monkeypatch):
   def not_traced(*args, **kw):
     raise AssertionError("the train step was traced before the config was rejected")
-  monkeypatch.setattr(train, "_train_step", not_traced)
+  monkeypatch.setattr(run_lib, "_train_step", not_traced)
   with pytest.raises(ValueError) as error:
     train.train_and_evaluate(tiny_config(recipe, **overrides), str(tmp_path))
   assert message in str(error.value)

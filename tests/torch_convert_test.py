@@ -13,6 +13,7 @@ from big_contrast import models
 from big_contrast import sharding
 from big_contrast import torch_convert as tc
 from big_contrast import train
+from big_contrast import run as run_lib
 from conftest import tiny_config
 from input_pipeline import tokenizers
 from tools import export_pytorch
@@ -220,7 +221,7 @@ def test_cli_exports_a_trained_run_that_torchvision_reproduces(tmp_path):
   head = export_pytorch.load_torch(str(tmp_path / "out"), "head")
 
   from big_contrast import methods
-  method = methods.get(c, methods.Schedule(2, 1))
+  method = run_lib.build_method(c, methods.Schedule(2, 1))
   ts = results["train_state"]
   images = np.random.RandomState(5).randint(0, 256, (4, 8, 8, 3)).astype(np.uint8)
   want = method.features(ts["params"], ts["state"], images)
@@ -247,7 +248,7 @@ def test_cli_exports_a_siglip_run_with_clip_bpe_that_open_clip_reproduces(tmp_pa
   tokenize = export_pytorch.load_tokenizer(out)
 
   from big_contrast import methods
-  method = methods.get(c, methods.Schedule(1, 1))
+  method = run_lib.build_method(c, methods.Schedule(1, 1))
   texts = ["a thin 3", "A BOLD, slanted seven!!", "naïve &amp;amp; café 42", ""]
   ours = np.stack([method.tokenizer(t) for t in texts])
   np.testing.assert_array_equal(tokenize(texts).numpy(), ours)
@@ -293,7 +294,7 @@ def test_lit_locks_an_image_tower_loaded_from_torchvision_weights(tmp_path):
                           (r"state/model/batch_stats/image/(.*)",
                            r"state/model/batch_stats/\1"))})
   ts = train.train_and_evaluate(c, str(tmp_path / "lit"))["train_state"]
-  method = methods.get(c, methods.Schedule(2, 1))
+  method = run_lib.build_method(c, methods.Schedule(2, 1))
   images = np.random.RandomState(6).randint(0, 256, (4, 8, 8, 3)).astype(np.uint8)
   tv.fc = torch.nn.Identity()
   want = tv.eval()(_nchw(method.eval_view(images))).numpy()

@@ -9,7 +9,11 @@ import sys
 import jax
 import numpy as np
 
+from big_contrast import evaluate
+from big_contrast import run as run_lib
 from big_contrast import train
+from conftest import assert_fraction_of_test_split
+from conftest import subprocess_env
 from conftest import tiny_config
 
 
@@ -44,7 +48,15 @@ def test_loss_decreases_and_logs_are_written(tmp_path):
   assert len(loss) == 30
   assert np.mean(loss[-5:]) < np.mean(loss[:5]) - 0.1, loss
   assert {"eval/knn_top1", "eval/linear_probe_top1"} <= set(rows[-1])
-  assert 0.0 <= results["final"]["eval/knn_top1"] <= 1.0
+  # The logged k-NN accuracy is the one of the final state's features, computed afresh.
+  run = run_lib.setup(c)
+  ctx = evaluate.Context(run, results["train_state"])
+  (train_x, train_y), (test_x, test_y) = ctx.features("train"), ctx.features("test")
+  assert len(test_y) == 360 and len(train_y) == 1437
+  want = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=10,
+                               k=c.eval.knn.k, temperature=c.eval.knn.temperature)
+  np.testing.assert_allclose(results["final"]["eval/knn_top1"], want, atol=1e-6)
+  assert_fraction_of_test_split(results["final"]["eval/knn_top1"])
   assert os.listdir(results["tensorboard_dir"])
 
 
@@ -55,8 +67,8 @@ def test_cli_overrides_train_and_print_summary(tmp_path):
           "--config.batch_size=32", "--config.total_steps=3", "--config.log_every_steps=1", "--config.optimizer.name=lion",
           "--config.optimizer.lr=1e-4", "--config.model.width=4", "--config.data.image_size=8",
           "--config.augment.crop_size=8", "--config.eval.at_start=False",
-          "--config.eval.probe_epochs=2", "--config.mesh=(('data',1),)"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+          "--config.eval.linear_probe.epochs=2", "--config.mesh=(('data',1),)"]
+  env = subprocess_env(1)
   out = subprocess.run([sys.executable, "-m", "big_contrast.main", *args], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

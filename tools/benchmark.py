@@ -4,7 +4,7 @@
   python -m tools.benchmark --workload=simclr_r50 --json=out.json
   python -m tools.benchmark --config=configs/simclr_digits.py --data=pipeline --steps=20
 
-It builds exactly what `train.train_and_evaluate` runs (`train.build_step`: the same jitted,
+It builds exactly what `train.train_and_evaluate` runs (`run.setup`: the same jitted,
 sharded, donated step) and times it:
   --data=synthetic  device-resident random batches of the config's shapes: the device alone;
   --data=pipeline   real batches from the grain pipeline, timed end to end, plus the host
@@ -32,7 +32,7 @@ import jax.extend.core  # ClosedJaxpr, Jaxpr: walked by jaxpr_flops
 import jax.numpy as jnp
 import numpy as np
 
-# Workloads of the GPU comparison (issue 5): recipe + overrides, peers in ../shared/peers.
+# Workloads of the GPU comparison with the PyTorch peers: recipe + overrides.
 WORKLOADS = {
     "siglip_b16": ("siglip_b16", {"batch_size": 256, "loss.impl": "full",
                                   "text.tokenizer.name": "bytes"}),
@@ -122,20 +122,20 @@ def load_config(config_path=None, workload=None, overrides=()):
   return common.override(config, parsed)
 
 
-def synthetic_batch(config, method, mesh):
+def synthetic_batch(run):
   """Random device-resident batch of the shapes training sees (uint8 images, tokens)."""
-  from big_contrast import sharding
+  config = run.config
   rng = np.random.default_rng(0)
   n, s = config.batch_size, config.data.image_size
   batch = {"image": rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8),
            "label": rng.integers(0, 10, (n,), dtype=np.int32)}
-  tokenizer = getattr(method, "tokenizer", None)
+  tokenizer = run.tokenizer
   if tokenizer is not None:
     batch["text"] = tokenizer.batch([f"a photo of item {i}" for i in range(n)])
   # Every process holds its rows, as the pipeline would deliver them.
   p, count = jax.process_index(), jax.process_count()
   local = {k: v[p * n // count:(p + 1) * n // count] for k, v in batch.items()}
-  return sharding.global_batch(local, mesh)
+  return run.global_batch(local)
 
 
 def _time_steps(step_fn, state, batches, warmup, steps):
@@ -152,21 +152,15 @@ def _time_steps(step_fn, state, batches, warmup, steps):
 
 def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
   """Benchmarks the train step of `config`; returns the JSON-able results."""
-  from big_contrast import grad_cache, methods, sharding, train
-  import input_pipeline
+  from big_contrast import run as run_lib
 
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_size(config.batch_size, mesh)
-  schedule = methods.Schedule(total_steps=max(1000, warmup + steps), steps_per_epoch=100)
-  method = methods.get(config, schedule)
-  grad_cache.check(config, method, mesh)
-  tx, _ = train.make_optimizer(config, schedule)
+  # Synthetic data needs no dataset: the schedule assumes 100 steps per epoch.
+  run = run_lib.setup(config, train_size=None if data == "pipeline" else
+                      100 * config.batch_size)
+  train_step, abstract = run.train_step, run.abstract
   s = config.data.image_size
-  example = np.zeros((1, s, s, 3), np.uint8)
-  init, init_rng, abstract, state_sharding, train_step = train.build_step(
-      config, mesh, method, tx, example)
-  state = jax.jit(init, out_shardings=state_sharding)(init_rng)
-  batch = synthetic_batch(config, method, mesh)
+  state = run.init_state()
+  batch = synthetic_batch(run)
 
   start = time.perf_counter()
   lowered = train_step.lower(state, batch)
@@ -194,18 +188,14 @@ def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
   if data == "synthetic":
     batches = iter(lambda: batch, None)
   else:
-    train_src, _, _ = input_pipeline.get_sources(config.data)
-    host = input_pipeline.train_batches(
-        train_src, config.batch_size, config.seed, jax.process_index(), jax.process_count(),
-        num_workers=config.data.get("num_workers", 0),
-        tokenizer=getattr(method, "tokenizer", None))
+    host = run.train_batches()
     it = host.iterate(0)
     start = time.perf_counter()
     for _ in range(steps):
       next(it)
     result["host_images_per_s"] = steps * config.batch_size / jax.process_count() / (
         time.perf_counter() - start)
-    batches = (sharding.global_batch(b, mesh) for b in host.iterate(0))
+    batches = (run.global_batch(b) for b in host.iterate(0))
   state, times = _time_steps(compiled, state, batches, warmup, steps)
   median = statistics.median(times)
   result.update(step_s_median=median, step_s_p10=float(np.percentile(times, 10)),

@@ -23,11 +23,14 @@ import os
 import ml_collections
 import numpy as np
 
-from big_contrast import initialize
+from big_contrast import init_from
+from big_contrast import methods
 from big_contrast import torch_convert as tc
 
-# Methods whose image encoder is models.Encoder (backbone + projector [+ predictor]).
-IMAGE_METHODS = ("simclr", "moco", "swav", "poly_view")
+
+def exportable(kind: str) -> list:
+  """The methods whose `export` is `kind` ("encoder" or "two_tower")."""
+  return [name for name, cls in methods.METHODS.items() if cls.export == kind]
 
 
 def _image_backbone(model_cfg, image_size, flat, module):
@@ -51,23 +54,25 @@ def _head(flat, module):
 def export_run(config, flat: dict, part: str = "auto") -> dict:
   """{file stem: (state dict, info)} for a run's config and flat checkpoint (read_source)."""
   size = config.augment.crop_size
-  if config.method in IMAGE_METHODS:
+  cls = methods.METHODS.get(config.method)
+  if cls.export == "encoder":  # models.Encoder: backbone + projector [+ predictor].
     enc = "encoder/" if any(p.startswith("params/encoder/") for p in flat) else ""
     out = {"model": _image_backbone(config.model, size, flat, enc + "backbone"),
            "head": _head(flat, enc + "projector")}
     if any(p.startswith(f"params/{enc}predictor/") for p in flat):
       out["predictor"] = _head(flat, enc + "predictor")
     return out
-  if config.method in ("clip", "siglip"):
+  if cls.export == "two_tower":
     from input_pipeline import tokenizers
     if part == "image":
       return {"model": _image_backbone(config.model.image, size, flat, "image")}
-    sigmoid = config.method == "siglip"
+    sigmoid = cls.sigmoid
     tokenizer = tokenizers.get_tokenizer(config.text.tokenizer)
     info = tc.two_tower_open_clip(config.model, tokenizer, size, sigmoid)
     entries = tc.two_tower_entries(config.model.image, config.model.text, size, sigmoid)
     return {"model": (tc.export(tc.flat_module(flat, ""), entries), info)}
-  raise ValueError(f"config.method={config.method!r} has no PyTorch export.")
+  raise ValueError(f"config.method={config.method!r} has no PyTorch export; methods with one: "
+                   f"{exportable('encoder') + exportable('two_tower')}.")
 
 
 def export_tokenizer(tok_cfg, out_dir: str) -> dict:
@@ -115,7 +120,7 @@ def main(argv=None):
 
   config = read_config(args.workdir)
   source = ml_collections.ConfigDict(dict(workdir=args.workdir, step=args.step))
-  flat = initialize.read_source(source)
+  flat = init_from.read_source(source)
   files = export_run(config, flat, args.part)
 
   from safetensors.numpy import save_file
@@ -131,7 +136,7 @@ def main(argv=None):
       torch.save({k: torch.from_numpy(v) for k, v in arrays.items()},
                  os.path.join(args.out, f"{stem}.pt"))
     manifest["files"][f"{stem}.safetensors"] = info
-  if config.method in ("clip", "siglip") and args.part == "auto":
+  if methods.METHODS.get(config.method).export == "two_tower" and args.part == "auto":
     manifest["tokenizer"] = export_tokenizer(config.text.tokenizer, args.out)
   with open(os.path.join(args.out, "export.json"), "w") as f:
     json.dump(manifest, f, indent=2)

@@ -1,4 +1,11 @@
-"""Evaluators: k-NN and linear probe of frozen features; zero-shot and retrieval."""
+"""Evaluators, registered by name: k-NN and linear probe of frozen features; zero-shot and
+retrieval of image-text models. A new one is a function with `@base.evaluator(name)` in a
+module imported here."""
+from big_contrast.evaluate.base import EVALUATORS
+from big_contrast.evaluate.base import Context
+from big_contrast.evaluate.base import check
+from big_contrast.evaluate.base import eval_settings
+from big_contrast.evaluate.base import evaluate
 from big_contrast.evaluate.features import extract
 from big_contrast.evaluate.image_text import PromptSource
 from big_contrast.evaluate.image_text import retrieval_recall

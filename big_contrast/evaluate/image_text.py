@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from big_contrast.evaluate import base
 from big_contrast.numerics import l2_normalize as _l2n
+from input_pipeline import sources
 
 
 def zero_shot_classifier(text_embeddings):
@@ -74,3 +76,32 @@ class PromptSource:
     label, prompt = self.items[i]
     return {"text": self.tokenizer(prompt), "label": np.int32(label)}
 
+
+
+def _check_zero_shot(run):
+  if not (getattr(run.sources[1], "class_names", ()) and run.config.eval.zero_shot.templates):
+    return ("zero_shot evaluation needs class names from the test data and "
+            "config.eval.zero_shot.templates (e.g. ('a photo of a {}.',)).")
+  return None
+
+
+@base.evaluator("zero_shot", settings=dict(templates=()), data=(sources.IMAGE_TEXT,),
+                check=_check_zero_shot)
+def zero_shot(ctx, cfg):
+  """Zero-shot top-1 (and top-5) on the test split: class-name prompts x templates."""
+  images, labels = ctx.image_embeddings()
+  names, templates = ctx.test_source.class_names, tuple(cfg.templates)
+  texts, _ = ctx.text_embeddings(PromptSource(names, templates, ctx.tokenizer))
+  classifier = zero_shot_classifier(texts.reshape(len(names), len(templates), -1))
+  ks = (1, 5) if len(names) > 5 else (1,)
+  return {f"zero_shot_top{k}": v for k, v in
+          zero_shot_accuracy(images, classifier, labels, ks=ks).items()}
+
+
+@base.evaluator("retrieval", data=(sources.IMAGE_TEXT,))
+def retrieval(ctx, cfg):
+  """Image->text and text->image R@1/5/10 over the test split's pairs."""
+  del cfg
+  images, _ = ctx.image_embeddings()
+  texts, _ = ctx.text_embeddings()
+  return retrieval_recall(images, texts, np.arange(len(texts)))

@@ -4,6 +4,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from big_contrast import settings
+from big_contrast.evaluate import base
 from big_contrast.numerics import l2_normalize
 
 
@@ -29,3 +31,13 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20, tempera
 
   pred = jax.lax.map(predict, queries).reshape(-1)[:n]
   return jnp.mean(pred == test_y)
+
+
+@base.evaluator("knn", settings=dict(k=settings.integer(20, low=1),
+                                     temperature=settings.positive(0.07)))
+def knn(ctx, cfg):
+  """k-NN top-1 of the backbone features: train split -> test split."""
+  (train_x, train_y), (test_x, test_y) = ctx.features("train"), ctx.features("test")
+  return {"knn_top1": knn_accuracy(train_x, train_y, test_x, test_y,
+                                   num_classes=ctx.num_classes, k=cfg.k,
+                                   temperature=cfg.temperature)}

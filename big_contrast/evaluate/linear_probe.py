@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from big_contrast import settings
+from big_contrast.evaluate import base
+
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, rng, *, num_classes, epochs=100,
@@ -42,3 +45,14 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, rng, *, num_classes,
   (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(rng, epochs))
   pred = jnp.argmax(test_x @ params["w"] + params["b"], -1)
   return jnp.mean(pred == test_y)
+
+
+@base.evaluator("linear_probe", settings=dict(
+    epochs=settings.integer(90, low=1), batch_size=settings.integer(1024, low=1),
+    lr=settings.positive(1e-2), weight_decay=settings.number(1e-4, low=0)))
+def linear_probe(ctx, cfg):
+  """Linear-probe top-1 of the backbone features: trained on the train split, tested on test."""
+  (train_x, train_y), (test_x, test_y) = ctx.features("train"), ctx.features("test")
+  return {"linear_probe_top1": linear_probe_accuracy(
+      train_x, train_y, test_x, test_y, base.random_key(), num_classes=ctx.num_classes,
+      epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay)}

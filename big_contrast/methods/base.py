@@ -8,6 +8,33 @@ import jax.numpy as jnp
 
 from big_contrast import augment
 from big_contrast import models
+from big_contrast import registry
+from big_contrast import settings
+from input_pipeline import sources
+
+METHODS = registry.Registry("method", "config.method")
+
+
+def register(name: str):
+  """Class decorator: the method `config.method=name`."""
+  def wrap(cls):
+    cls.name = name
+    return METHODS.register(name, cls)
+  return wrap
+
+
+def view_settings(num_views: int, choices=None) -> dict:
+  """`config.num_views` large views and their `config.augment` / per-view overrides."""
+  views = (settings.choice(num_views, choices) if choices else
+           settings.integer(num_views, low=2))
+  return dict(num_views=views, augment=augment.SETTINGS,
+              augment_views=())  # Per-view overrides of augment, e.g. ({"blur_prob": 1.0}, ...).
+
+
+# SwAV's multi-crop: extra small views of every image (num_small=0: none).
+MULTICROP_SETTINGS = dict(multicrop=dict(
+    num_small=settings.integer(0, low=0), crop_size=settings.integer(96, low=1),
+    crop_scale=settings.interval((0.05, 0.14), 0.0, 1.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +54,32 @@ class Method(abc.ABC):
   after_update(params, state, step) -> (params, state): applied after the
     optimizer step (momentum encoders, prototype normalisation).
   features(params, state, images) -> [B, D] frozen features for evaluation.
-  """
 
-  def __init__(self, config, schedule: Schedule):
+  What a method declares about itself (the run, config validation and the tools read it):
+    name       its `config.method` (set by @register)
+    data       the examples it trains on: sources.IMAGES or sources.IMAGE_TEXT (then a
+               tokenizer from `config.text.tokenizer` is passed to the constructor)
+    export     what tools/export_pytorch.py writes: "encoder" (models.Encoder's backbone and
+               heads), "two_tower", or None
+    settings() the config sections it reads beyond the run's own (run_config.RUN_SETTINGS)
+
+  Constructed as cls(config, schedule, mesh, tokenizer): `mesh` is the run's, for the
+  methods whose loss is laid out by hand over devices (the SigLIP ring).
+  """
+  name = None
+  data = sources.IMAGES
+  export = None
+
+  @classmethod
+  @abc.abstractmethod
+  def settings(cls) -> dict:
+    """The declaration (big_contrast/settings.py) of the sections this method reads."""
+
+  def __init__(self, config, schedule: Schedule, mesh=None, tokenizer=None):
     self.config = config
     self.schedule = schedule
+    self.mesh = mesh
+    self.tokenizer = tokenizer
     self.mean = jnp.asarray(config.data.mean, jnp.float32)
     self.std = jnp.asarray(config.data.std, jnp.float32)
 

@@ -2,16 +2,17 @@
 
   config.method = "clip"    softmax CLIP loss (losses.softmax_clip)
                   "siglip"  sigmoid loss; config.loss.impl = "full" (losses.sigmoid_clip) or
-                            "ring" (losses.sigmoid_clip_ring, b×b logits per device)
+                            "ring" (losses.sigmoid_clip_ring over the run's mesh, b×b logits
+                            per device)
 LiT (Zhai et al. 2022, arXiv:2111.07991) is either of them with a locked tower:
 `config.optimizer.frozen` regexes that cover every parameter of a tower (e.g.
 "image/.*") lock it — no gradient is computed for it (the loop stops them), it
 gets no optimizer state and stays bit-identical — and a locked tower runs in
 inference mode (BatchNorm statistics frozen too). `config.init_from` loads it
-from a checkpoint of this project (big_contrast/initialize.py).
+from a checkpoint of this project (big_contrast/init_from.py).
 
 Batches carry "image" (uint8) and "text" (token ids of `config.text.tokenizer`,
-made on the host by the input pipeline).
+made on the host by the input pipeline; the run passes the same tokenizer in).
 """
 import jax
 import jax.numpy as jnp
@@ -19,34 +20,34 @@ import jax.numpy as jnp
 from big_contrast import losses
 from big_contrast import models
 from big_contrast import optim
+from big_contrast import settings
 from big_contrast import sharding
 from big_contrast.methods import base
 from big_contrast.models.two_tower import TwoTower
+from input_pipeline import sources
 from input_pipeline import tokenizers
 
-IMPLS = ("full", "ring")
 TOWERS = ("image", "text")
 
 
 class ImageText(base.EmbeddingMethod):
+  """The two-tower methods; subclasses say which loss the joint embeddings get."""
+  data = sources.IMAGE_TEXT
+  export = "two_tower"
+  sigmoid = False   # Whether the model has SigLIP's learned logit bias.
 
-  def __init__(self, config, schedule):
-    super().__init__(config, schedule)
-    self.sigmoid = config.method == "siglip"
-    impl = config.loss.get("impl", "full")
-    if impl not in IMPLS or (impl == "ring" and not self.sigmoid):
-      raise ValueError(f"config.loss.impl={impl!r}: choose 'full', or 'ring' with "
-                       "config.method='siglip' (the ring is the sigmoid loss's chunked form).")
-    if config.num_views != 1:
-      raise ValueError(f"config.num_views={config.num_views}: image-text methods take one "
-                       "image view per pair; set it to 1.")
-    if config.model.get("name") != "two_tower":
-      raise ValueError(f"config.method={config.method!r} needs config.model.name='two_tower' "
-                       f"(with model.image and model.text), got {config.model.get('name')!r}.")
-    self.tokenizer = tokenizers.get_tokenizer(config.text.tokenizer)
-    self.model = models.two_tower(config.model, self.tokenizer.vocab_size, self.tokenizer.pad_id,
-                                  self.tokenizer.length, bias=self.sigmoid)
-    self.mesh = sharding.make_mesh(config.mesh) if impl == "ring" else None
+  @classmethod
+  def settings(cls):
+    return dict(base.view_settings(1, choices=(1,)), model=models.two_tower_settings(),
+                text=dict(tokenizer=tokenizers.SETTINGS))
+
+  def __init__(self, config, schedule, mesh=None, tokenizer=None):
+    super().__init__(config, schedule, mesh, tokenizer)
+    if tokenizer is None:
+      raise ValueError(f"{self.name} needs the run's tokenizer (run.build_method makes it "
+                       "from config.text.tokenizer).")
+    self.model = models.two_tower(config.model, tokenizer.vocab_size, tokenizer.pad_id,
+                                  tokenizer.length, bias=self.sigmoid)
     self.locked = self._locked_towers(config.optimizer.get("frozen", ()))
 
   def _dummy_tokens(self):
@@ -80,14 +81,8 @@ class ImageText(base.EmbeddingMethod):
         mutable=list(state["model"]), method=TwoTower.embed)
     return (x, y), {**state, "model": dict(model_state)}
 
-  def embedding_loss(self, params, embeddings, batch):
-    x, y = embeddings
-    t, b = self.model.apply({"params": params}, method=TwoTower.scale_and_bias)
-    if not self.sigmoid:
-      return losses.softmax_clip(x, y, t), {"t": t}
-    if self.mesh is not None:
-      return losses.sigmoid_clip_ring(x, y, t, b, self.mesh), {"t": t, "b": b}
-    return losses.sigmoid_clip(x, y, t, b), {"t": t, "b": b}
+  def scale_and_bias(self, params):
+    return self.model.apply({"params": params}, method=TwoTower.scale_and_bias)
 
   def _apply(self, params, state, x, method):
     return self.model.apply({"params": params, **state["model"]}, x, method=method)
@@ -104,3 +99,34 @@ class ImageText(base.EmbeddingMethod):
   def encode_texts(self, params, state, tokens):
     """l2-normalised text embeddings in the joint space."""
     return self._apply(params, state, tokens, lambda m, x: m.encode_text(x, train=False))
+
+
+@base.register("clip")
+class CLIP(ImageText):
+  """Softmax CLIP (Radford et al. 2021, arXiv:2103.00020)."""
+
+  def embedding_loss(self, params, embeddings, batch):
+    x, y = embeddings
+    t, _ = self.scale_and_bias(params)
+    return losses.softmax_clip(x, y, t), {"t": t}
+
+
+@base.register("siglip")
+class SigLIP(ImageText):
+  """Sigmoid loss (Zhai et al. 2023, arXiv:2303.15343), in full or as the chunked ring."""
+  sigmoid = True
+
+  @classmethod
+  def settings(cls):
+    # impl: the loss as "full" N×N logits or the "ring" of b×b blocks (b = N / devices).
+    return dict(super().settings(), loss=dict(impl=settings.choice("full", ("full", "ring"))))
+
+  def embedding_loss(self, params, embeddings, batch):
+    x, y = embeddings
+    t, b = self.scale_and_bias(params)
+    if self.config.loss.impl == "ring":
+      if self.mesh is None:
+        raise ValueError("config.loss.impl='ring' lays the loss out over the run's mesh; "
+                         "build the method with one (run.setup does).")
+      return losses.sigmoid_clip_ring(x, y, t, b, self.mesh), {"t": t, "b": b}
+    return losses.sigmoid_clip(x, y, t, b), {"t": t, "b": b}

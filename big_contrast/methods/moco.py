@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from big_contrast import losses
+from big_contrast import models
 from big_contrast import numerics
+from big_contrast import settings
 from big_contrast.methods import base
 
 
@@ -64,10 +66,24 @@ def grouped_forward(model, params, model_state, x, groups, perm=None, **kw):
   return out, jax.tree.map(lambda s: s.mean(0), states)
 
 
+@base.register("moco")
 class MoCo(base.Method):
+  export = "encoder"
 
-  def __init__(self, config, schedule):
-    super().__init__(config, schedule)
+  @classmethod
+  def settings(cls):
+    # bn_groups: shuffle-BN groups (module docstring); 1 = BatchNorm over the whole batch.
+    return dict(base.view_settings(2, choices=(2,)),
+                model=models.encoder_settings(predictor=True),
+                loss=dict(temperature=settings.positive(0.1)),
+                moco=dict(momentum=settings.probability(0.99),
+                          momentum_final=settings.probability(1.0),
+                          queue_size=settings.integer(0, low=0),
+                          predictor=settings.boolean(True), symmetric=settings.boolean(True),
+                          bn_groups=settings.integer(1, low=1)))
+
+  def __init__(self, config, schedule, mesh=None, tokenizer=None):
+    super().__init__(config, schedule, mesh, tokenizer)
     cfg = config.moco
     self.model = base.encoder(config.model, predictor=cfg.predictor)
     self.groups = cfg.get("bn_groups", 1)
@@ -79,8 +95,6 @@ class MoCo(base.Method):
       raise ValueError(f"config.moco.queue_size={cfg.queue_size} must be a multiple of the "
                        f"{keys_per_step} keys enqueued per step (config.batch_size × "
                        f"{2 if cfg.symmetric else 1}); e.g. {keys_per_step * 256}.")
-    if config.num_views != 2:
-      raise ValueError(f"MoCo uses two views; got config.num_views={config.num_views}.")
 
   def init(self, rng, images):
     params, model_state = base.init_model(self.model, rng, self.eval_view(images))

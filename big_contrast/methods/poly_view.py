@@ -1,28 +1,31 @@
-"""Poly-view contrastive learning (Shidani et al. 2024, arXiv:2403.05490).
+"""Poly-view contrastive learning (Shidani et al. 2024, arXiv:2403.05490) and other
+multi-view objectives.
 
-SimCLR's pipeline with `config.num_views` = M > 2 views per image and one of
-the poly-view objectives (`config.loss.objective`: geometric, arithmetic or
-multicrop) on the [M, N, D] projections of the GLOBAL batch.
+SimCLR's pipeline with `config.num_views` = M >= 2 views per image and a multi-view
+objective (`config.loss.objective`, any name in losses/objectives.py: the poly-view
+geometric, arithmetic and sufficient-statistics objectives, multi-crop, MV-InfoNCE,
+MV-DHEL, ...) on the [M, N, D] projections of the GLOBAL batch.
 """
 import jax.numpy as jnp
 
 from big_contrast import losses
-from big_contrast.losses import poly_view
+from big_contrast import models
+from big_contrast import settings
+from big_contrast.losses.objectives import MULTI_VIEW
+from big_contrast.methods import base
 from big_contrast.methods import simclr
 
 
+@base.register("poly_view")
 class PolyView(simclr.SimCLR):
 
-  def __init__(self, config, schedule):
-    super().__init__(config, schedule)
-    if config.loss.objective not in poly_view.OBJECTIVES:
-      raise ValueError(f"config.loss.objective={config.loss.objective!r} is unknown; choose "
-                       f"one of {poly_view.OBJECTIVES}.")
-    if config.loss.get("positives", "instance") != "instance" or config.loss.get("decoupled"):
-      raise ValueError("poly_view uses instance positives with its own denominators; unset "
-                       "config.loss.positives (SupCon) and config.loss.decoupled (DCL).")
-    if config.num_views < 2:
-      raise ValueError(f"config.num_views={config.num_views}: poly-view needs at least 2.")
+  @classmethod
+  def settings(cls):
+    # Instance positives with the objective's own denominators: no SupCon / DCL keys.
+    return dict(base.view_settings(4), **base.MULTICROP_SETTINGS,
+                model=models.encoder_settings(),
+                loss=dict(temperature=settings.positive(0.1),
+                          objective=settings.choice("geometric", MULTI_VIEW.names())))
 
   def embedding_loss(self, params, embeddings, batch):
     z = jnp.swapaxes(embeddings, 0, 1)  # [M, N, D]

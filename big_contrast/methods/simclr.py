@@ -9,18 +9,27 @@ embedding contrasts against the whole global batch (losses.contrastive):
 import jax.numpy as jnp
 
 from big_contrast import losses
+from big_contrast import models
+from big_contrast import settings
 from big_contrast.methods import base
 
 POSITIVES = ("instance", "label")
 
 
+@base.register("simclr")
 class SimCLR(base.EmbeddingMethod):
+  export = "encoder"
 
-  def __init__(self, config, schedule):
-    super().__init__(config, schedule)
-    if config.loss.get("positives", "instance") not in POSITIVES:
-      raise ValueError(f"config.loss.positives={config.loss.positives!r} is unknown; choose "
-                       f"one of {POSITIVES}.")
+  @classmethod
+  def settings(cls):
+    return dict(base.view_settings(2), **base.MULTICROP_SETTINGS,
+                model=models.encoder_settings(),
+                loss=dict(temperature=settings.positive(0.1),
+                          positives=settings.choice("instance", POSITIVES),
+                          decoupled=settings.boolean(False)))
+
+  def __init__(self, config, schedule, mesh=None, tokenizer=None):
+    super().__init__(config, schedule, mesh, tokenizer)
     self.model = base.encoder(config.model)
 
   def init(self, rng, images):

@@ -14,14 +14,30 @@ import jax
 import jax.numpy as jnp
 
 from big_contrast import losses
+from big_contrast import models
 from big_contrast import numerics
+from big_contrast import settings
 from big_contrast.methods import base
 
 
+@base.register("swav")
 class SwAV(base.Method):
+  export = "encoder"
 
-  def __init__(self, config, schedule):
-    super().__init__(config, schedule)
+  @classmethod
+  def settings(cls):
+    return dict(base.view_settings(2), **base.MULTICROP_SETTINGS,
+                model=models.encoder_settings(),
+                loss=dict(temperature=settings.positive(0.1)),
+                swav=dict(num_prototypes=settings.integer(3000, low=1),
+                          epsilon=settings.positive(0.05),
+                          sinkhorn_iterations=settings.integer(3, low=1),
+                          queue_size=settings.integer(0, low=0),
+                          queue_start_epoch=settings.number(15.0, low=0),
+                          freeze_prototypes_epochs=settings.number(1.0, low=0)))
+
+  def __init__(self, config, schedule, mesh=None, tokenizer=None):
+    super().__init__(config, schedule, mesh, tokenizer)
     cfg = config.swav
     self.model = base.encoder(config.model)
     if cfg.queue_size and cfg.queue_size % config.batch_size:

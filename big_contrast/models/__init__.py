@@ -10,7 +10,64 @@ from big_contrast.models.vit import vit
 
 import jax.numpy as jnp
 
+from big_contrast import settings
+from big_contrast.models.resnet import STEMS
+from big_contrast.models.vit import POOLS
+from big_contrast.models.vit import VARIANTS
+
 DTYPES = ("float32", "bfloat16", "float16")
+
+# What every model section takes: compute dtype, storage dtype, rematerialisation policy.
+TOWER_SETTINGS = dict(
+    dtype=settings.choice("float32", DTYPES), param_dtype=settings.choice("float32", DTYPES),
+    remat=settings.choice("none", tuple(remat.POLICIES)))
+
+
+def _variant(v):
+  name, _, patch = str(v).partition("/")
+  if name in VARIANTS and patch.isdigit() and int(patch) > 0:
+    return None
+  return f"must be a ViT variant like 'B/16' with a size in {tuple(VARIANTS)}"
+
+
+# An image backbone (`config.model`, or `config.model.image` of a two-tower): a ResNet
+# (depth, width, stem) or a ViT (variant, whose width, depth and heads the keys override).
+BACKBONE_SETTINGS = dict(
+    name=settings.choice("resnet", ("resnet", "vit")),
+    depth=settings.integer(50, low=1), width=settings.integer(64, low=1),
+    stem=settings.choice("imagenet", STEMS),
+    variant=settings.optional(_variant),
+    heads=settings.optional(settings.integer(1, low=1).check),
+    pool=settings.optional(settings.choice("cls", POOLS).check),
+    posemb=settings.optional(settings.choice("sincos2d", ("sincos2d", "learn")).check))
+
+# The text tower of a two-tower (models.TextTransformer).
+TEXT_SETTINGS = dict(
+    width=settings.integer(512, low=1), depth=settings.integer(12, low=1),
+    heads=settings.integer(8, low=1), causal=settings.boolean(True),
+    pool=settings.choice("last", ("last", "first", "gap", "map")))
+
+
+def encoder_settings(predictor: bool = False) -> dict:
+  """`config.model` of an image method: backbone, projection head (head_*) and, for methods
+  with a predictor, its hidden dims and last BatchNorm (predictor_*)."""
+  spec = dict(BACKBONE_SETTINGS, **TOWER_SETTINGS,
+              head_hidden_dims=(2048,), head_dim=settings.integer(128, low=1),
+              head_bn=settings.boolean(True), head_last_bn=settings.boolean(False))
+  if predictor:
+    spec.update(predictor_hidden_dims=(4096,), predictor_last_bn=settings.boolean(False))
+  return spec
+
+
+def two_tower_settings() -> dict:
+  """`config.model` of an image-text method: name "two_tower", image (a backbone), text, the
+  joint embedding width and the initial logit scale t and bias b (SigLIP's)."""
+  return dict(name=settings.choice("two_tower", ("two_tower",)), **TOWER_SETTINGS,
+              embed_dim=settings.integer(512, low=1),
+              image=dict(BACKBONE_SETTINGS, name=settings.choice("vit", ("resnet", "vit")),
+                         variant=settings.setting("B/16", _variant)),
+              text=TEXT_SETTINGS,
+              temperature_init=settings.positive(1 / 0.07), bias_init=settings.number(-10.0))
 
 
 def dtypes(cfg) -> dict:

@@ -14,12 +14,14 @@ import jax.numpy as jnp
 from big_contrast.models import remat as remat_lib
 
 # name -> (block kind, blocks per stage)
-_DEPTHS = {
+DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
+
+STEMS = ("imagenet", "cifar")
 
 
 def _Conv(features, kernel_size, strides=1, **kw):
@@ -80,10 +82,10 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    if self.depth not in _DEPTHS:
-      raise ValueError(f"ResNet depth {self.depth} unknown; choose from {sorted(_DEPTHS)} "
+    if self.depth not in DEPTHS:
+      raise ValueError(f"ResNet depth {self.depth} unknown; choose from {sorted(DEPTHS)} "
                        "(config.model.depth).")
-    kind, stages = _DEPTHS[self.depth]
+    kind, stages = DEPTHS[self.depth]
     conv = functools.partial(_Conv, dtype=self.dtype, param_dtype=self.param_dtype)
     # `train` is bound here, so the (rematerialised) blocks take arrays only.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,

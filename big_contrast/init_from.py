@@ -25,7 +25,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from big_contrast import settings
 from big_contrast import sharding
+
+# `config.init_from`: a source workdir (and step), or PyTorch weights; see the docstring.
+SETTINGS = dict(
+    workdir="", step=settings.integer(0, low=0), rules=(),
+    torch=dict(path="", library=settings.choice("", ("", "torchvision", "timm", "open_clip")),
+               model="model"))
+
+
+def requested(cfg) -> bool:
+  """Whether `config.init_from` names a source."""
+  return bool(cfg and (cfg.get("workdir") or cfg.get("torch", {}).get("path")))
 
 
 def _flat(tree, prefix):

@@ -1,0 +1,173 @@
+"""One setup for every entry point: `setup(config) -> Run`.
+
+The training loop (train.py), the benchmark (tools/benchmark.py) and any tool that compiles
+the step build it here, so they run exactly the same thing: the config checked, the mesh made
+once (from the devices given, default all) and passed down, the data sources and tokenizer,
+the method, optimizer and schedule, the train state's abstract shapes and shardings, and the
+jitted, sharded, donated train step. Nothing is compiled here, and everything that can be
+wrong with the config fails here, before any compile.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from big_contrast import evaluate
+from big_contrast import grad_cache
+from big_contrast import methods
+from big_contrast import optim
+from big_contrast import run_config
+from big_contrast import sharding
+import input_pipeline
+from input_pipeline import sources
+from input_pipeline import tokenizers
+
+
+def _train_step(method, tx, frozen, micro_batches, mesh, ts, batch):
+  # The step's randomness depends only on (seed, step): resuming is exact.
+  rng = jax.random.fold_in(ts["rng"], ts["step"])
+  if micro_batches > 1:
+    (loss, (state, step_metrics)), grads = grad_cache.value_and_grad(
+        method, ts["params"], ts["state"], batch, rng, micro_batches, mesh, frozen)
+  else:
+    def loss_fn(params):
+      # Frozen parameters are constants: XLA computes no gradient for them (LiT's locked tower).
+      params = optim.stop_frozen(params, frozen)
+      return method.loss(params, ts["state"], batch, rng, ts["step"])
+
+    (loss, (state, step_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        ts["params"])
+  updates, opt_state = tx.update(grads, ts["opt_state"], ts["params"])
+  params = optax.apply_updates(ts["params"], updates)
+  params, state = method.after_update(params, state, ts["step"])
+  step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+  # A step with any non-finite metric (a NaN/inf gradient makes grad_norm non-finite) changes
+  # nothing but the step and the count: the state stays the last finite one, whatever
+  # config.nonfinite then does on the host.
+  finite = jnp.all(jnp.stack([jnp.isfinite(v).all() for v in step_metrics.values()]))
+  updated = dict(params=params, state=state, opt_state=opt_state)
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
+                      {k: ts[k] for k in updated})
+  return dict(ts, **kept, step=ts["step"] + 1,
+              nonfinite_steps=ts["nonfinite_steps"] + (~finite).astype(jnp.int32)), dict(
+                  step_metrics, finite=finite)
+
+
+def schedule(config, train_size: int) -> methods.Schedule:
+  """The run's length. The data stream drops nothing at epoch ends, so an epoch is
+  train_size / batch_size steps."""
+  steps_per_epoch = train_size / config.batch_size
+  total = config.get("total_steps") or int(round(config.num_epochs * steps_per_epoch))
+  return methods.Schedule(total_steps=total, steps_per_epoch=steps_per_epoch)
+
+
+def build_method(config, sched: methods.Schedule, mesh=None) -> methods.Method:
+  """`config.method` with the tokenizer of `config.text.tokenizer` if it trains on text."""
+  cls = methods.METHODS.get(config.method)
+  tokenizer = (tokenizers.get_tokenizer(config.text.tokenizer)
+               if cls.data == sources.IMAGE_TEXT else None)
+  return cls(config, sched, mesh, tokenizer)
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a run is made of; built by `setup`, nothing compiled yet."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  method: methods.Method
+  schedule: methods.Schedule
+  tx: optax.GradientTransformation
+  lr_fn: Callable                 # step -> learning rate
+  init: Callable                  # rng -> fresh train state
+  init_rng: jax.Array
+  abstract: dict                  # the train state's shapes and dtypes
+  state_sharding: dict
+  train_step: Callable            # jitted (train state, global batch) -> (train state, metrics)
+  sources: tuple | None           # (train, test) sources; None when built without data
+  num_classes: int | None
+  _encoders: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def tokenizer(self):
+    return self.method.tokenizer
+
+  def init_state(self):
+    """The fresh train state, placed with its shardings."""
+    return jax.jit(self.init, out_shardings=self.state_sharding)(self.init_rng)
+
+  def train_batches(self):
+    """This process's rows of every global batch (input_pipeline.train_batches)."""
+    return input_pipeline.train_batches(
+        self.sources[0], self.config.batch_size, self.config.seed, jax.process_index(),
+        jax.process_count(), num_workers=self.config.data.get("num_workers", 0),
+        tokenizer=self.tokenizer)
+
+  def global_batch(self, local_batch):
+    return sharding.global_batch(local_batch, self.mesh)
+
+  def encoder(self, name: str):
+    """The method's `name` ("features", "encode_images", "encode_texts"), jitted once."""
+    if name not in self._encoders:
+      self._encoders[name] = jax.jit(getattr(self.method, name),
+                                     out_shardings=sharding.batch_sharding(self.mesh))
+    return self._encoders[name]
+
+  def evaluate(self, ts) -> dict:
+    """{"eval/<metric>": value} of `config.eval.evaluators` on train state `ts`."""
+    return evaluate.evaluate(self, ts)
+
+
+def setup(config, devices=None, train_size: int | None = None) -> Run:
+  """Checks `config` and builds its Run over `devices` (default: all of them).
+
+  `train_size`: build without opening the data (benchmarks, ahead-of-time compilation); the
+  schedule then assumes a training split of that many examples.
+  """
+  run_config.check(config)
+  cls = methods.METHODS.get(config.method)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  sharding.check_rules(config.sharding.rules, mesh)
+  sharding.check_batch_size(config.batch_size, mesh)
+  if config.eval.get("batch_size"):
+    sharding.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+  data = num_classes = None
+  size = config.data.image_size
+  example = np.zeros((1, size, size, 3), np.uint8)
+  if train_size is None:
+    sources.check(config.data, cls.data)
+    train_src, test_src, num_classes = input_pipeline.get_sources(config.data)
+    data, train_size = (train_src, test_src), len(train_src)
+    example = np.asarray(train_src[0]["image"])[None]
+  sched = schedule(config, train_size)
+  method = build_method(config, sched, mesh)
+  grad_cache.check(config, method, mesh)
+  warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * sched.steps_per_epoch))
+  tx, lr_fn = optim.make(config.optimizer, config.batch_size, sched.total_steps, warmup_steps)
+
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+
+  def init(rng):
+    params, state = method.init(rng, example)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, state=state,
+                opt_state=tx.init(params), rng=train_rng,
+                nonfinite_steps=jnp.zeros((), jnp.int32))
+
+  abstract = jax.eval_shape(init, init_rng)
+  state_sharding = sharding.param_shardings(abstract, mesh, config.sharding.rules,
+                                            config.sharding.min_size)
+  step_fn = functools.partial(_train_step, method, tx, tuple(config.optimizer.get("frozen", ())),
+                              config.get("micro_batches", 1), mesh)
+  train_step = jax.jit(step_fn,
+                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                       out_shardings=(state_sharding, sharding.replicated(mesh)),
+                       donate_argnums=0)
+  run = Run(config=config, mesh=mesh, method=method, schedule=sched, tx=tx, lr_fn=lr_fn,
+            init=init, init_rng=init_rng, abstract=abstract, state_sharding=state_sharding,
+            train_step=train_step, sources=data, num_classes=num_classes)
+  if data is not None:
+    evaluate.check(run)
+  return run

@@ -1,0 +1,153 @@
+"""The run's config, assembled from what each part declares: defaults, known keys, checks, resume.
+
+A run reads the sections of RUN_SETTINGS (the loop, data, optimizer, checkpoints, sharding,
+evaluation, initialisation) and those its method declares (`Method.settings()`: views,
+augmentation, model, loss, its own section). `defaults(method)` is the config a recipe starts
+from, so a run's config.json holds exactly the sections it uses. `check(config)` refuses keys
+nothing reads (typos, or another method's keys) and values their declarations refuse;
+`check_resume` compares a workdir's saved config with the one about to resume from it.
+"""
+import difflib
+import json
+
+import ml_collections
+
+from big_contrast import checkpoint
+from big_contrast import evaluate
+from big_contrast import init_from
+from big_contrast import methods
+from big_contrast import optim
+from big_contrast import settings
+from big_contrast import sharding
+from input_pipeline import sources
+
+NONFINITE = ("error", "skip")
+
+RUN_SETTINGS = dict(
+    method="simclr",
+    seed=settings.integer(0),
+    batch_size=settings.integer(256, low=1),
+    num_epochs=settings.positive(100.0),
+    total_steps=settings.integer(0, low=0),        # > 0 overrides num_epochs.
+    # > 1: GradCache (big_contrast/grad_cache.py): the full batch's loss and gradient,
+    # computed in this many micro-batches to bound activation memory.
+    micro_batches=settings.integer(1, low=1),
+    log_every_steps=settings.integer(50, low=1),
+    # A step with a non-finite loss, gradient or metric is never applied or saved; then
+    # "error": stop naming the step and metric; "skip": go on from the previous state, counted.
+    nonfinite=settings.choice("error", NONFINITE),
+    # Mesh axes and sizes; -1 takes all remaining devices. The batch is split over "data"
+    # and "fsdp"; "tensor" splits transformer blocks (README "Scaling out").
+    mesh=(("data", -1),),
+    sharding=sharding.SETTINGS,
+    data=sources.SETTINGS,
+    optimizer=optim.SETTINGS,
+    checkpoint=checkpoint.SETTINGS,
+    init_from=init_from.SETTINGS,
+)
+
+# What may change when a run resumes: how long it runs and how it is observed, laid out or
+# fed. Anything else changes what the checkpointed state means.
+RESUMABLE = ("total_steps", "num_epochs", "log_every_steps", "eval", "checkpoint", "mesh",
+             "sharding", "micro_batches", "data.num_workers", "data.data_dir", "init_from",
+             "nonfinite")
+
+
+def declared(method: str) -> dict:
+  """The declaration of every key a run of `method` reads."""
+  cls = methods.METHODS.get(method)
+  return settings.merge(RUN_SETTINGS, {"eval": evaluate.eval_settings(cls.data)},
+                        cls.settings(), {"method": method})
+
+
+def defaults(method: str, **sections) -> ml_collections.ConfigDict:
+  """The default config of `method`; `sections` {"loss": {...}, ...} update it."""
+  c = settings.defaults(declared(method))
+  for name, values in sections.items():
+    if isinstance(values, dict) and isinstance(c.get(name), ml_collections.ConfigDict):
+      c[name].update(values)
+    else:
+      c[name] = values
+  return c
+
+
+def _owners(key: str) -> list:
+  """The methods that declare `key`."""
+  return [name for name in methods.METHODS.names() if key in settings.flatten(declared(name))]
+
+
+def _unknown_key_message(key, known, method) -> str:
+  parent, _, leaf = key.rpartition(".")
+  section = f"config.{parent}." if parent else "config."
+  siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
+  near = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+  elsewhere = sorted(k for k in known if k.rpartition(".")[2] == leaf)
+  owners = _owners(key)
+  if owners:
+    hint = (f"it is a key of method {' / '.join(owners)}, not of {method!r}; remove it "
+            "(start from the recipe of the method you train).")
+  elif near:
+    hint = f"did you mean {section}{near[0]}?"
+  elif elsewhere:  # E.g. optimizer.temperature for loss.temperature.
+    hint = f"did you mean {' or '.join(f'config.{k}' for k in elsewhere)}?"
+  else:
+    hint = f"{section[:-1]} has {siblings}." if siblings else f"{section[:-1]} takes no keys."
+  return f"config.{key} is not a config key of this run (a typo?); {hint}"
+
+
+def flatten(config, prefix="") -> dict:
+  """{"a.b.c": leaf} of a ConfigDict (or dict); sequences are leaves."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check(config):
+  """Fails on anything wrong with `config` that is visible without data, mesh or compile."""
+  method = config.get("method")
+  methods.METHODS.get(method)
+  spec = declared(method)
+  known = settings.flatten(spec)
+  flat = flatten(config)
+  unknown = [k for k in flat if k not in known]
+  if unknown:
+    raise ValueError("\n".join(_unknown_key_message(k, known, method) for k in unknown))
+  settings.check(flat, spec)
+
+
+def _normalised(config) -> dict:
+  """The flat config as config.json stores it (tuples as lists, dtypes as names)."""
+  return flatten(json.loads(config.to_json_best_effort()))
+
+
+def check_resume(saved_json: str, config, path: str):
+  """Refuses to resume a run saved with a config that differs outside RESUMABLE.
+
+  Only the keys this run's method reads are compared; a key absent on one side compares as
+  its declared default. Workdirs written before each module declared its settings resume:
+  the sections their config.json holds for other methods are not read, so not compared.
+  """
+  try:
+    saved = flatten(json.loads(saved_json))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); restore it from a copy, or move it "
+                     "away to resume without the config check.") from None
+  now = _normalised(config)
+  declared_keys = settings.flatten(declared(config.method))
+  default = {k: json.loads(json.dumps(s.default)) for k, s in declared_keys.items()
+             if not s.optional}
+  resumable = lambda k: any(k == r or k.startswith(r + ".") for r in RESUMABLE)
+  value = lambda flat, k: flat.get(k, default.get(k, "<absent>"))
+  diffs = [f"  config.{k}: saved {value(saved, k)!r}, now {value(now, k)!r}"
+           for k in sorted(declared_keys)
+           if not resumable(k) and value(saved, k) != value(now, k)]
+  if diffs:
+    raise ValueError(
+        f"The workdir's checkpoints were written by a run whose config ({path}) differs from "
+        f"this one in what the checkpoint means:\n" + "\n".join(diffs) + "\nResume with the "
+        "saved values, or start a new --workdir (config.init_from.workdir can load this "
+        f"run's weights). Only {RESUMABLE} may change on resume.")

@@ -1,0 +1,149 @@
+"""Declared config settings: each module states the keys it reads, their defaults and checks.
+
+A declaration is a nested dict {name: Setting | nested dict}. The training loop assembles the
+run's declaration from the modules and the method it uses (big_contrast/run_config.py); from
+it come the defaults a recipe starts from, the known keys (anything else is a typo) and the
+value checks, so no list of keys or ranges is written twice.
+
+    SETTINGS = {"every_steps": settings.integer(1000, low=0), "keep": settings.integer(3, low=1)}
+"""
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+
+# A check returns what is wrong with a value ("must be > 0") or None.
+Check = Callable[[Any], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One config key. `optional`: the key may be set but has no default in the config (code
+  reads it with .get and a default of its own)."""
+  default: Any = None
+  check: Check | None = None
+  optional: bool = False
+
+
+def setting(default, check: Check | None = None) -> Setting:
+  return Setting(default, check)
+
+
+def optional(check: Check | None = None) -> Setting:
+  return Setting(None, check, optional=True)
+
+
+def _is_number(v, integer: bool) -> bool:
+  if isinstance(v, bool):
+    return False
+  return isinstance(v, int) if integer else isinstance(v, (int, float))
+
+
+def _range_check(integer: bool, low, high, low_open: bool) -> Check:
+  kind = "an int" if integer else "a number"
+  parts = []
+  if low is not None:
+    parts.append(f"{'>' if low_open else '>='} {low}")
+  if high is not None:
+    parts.append(f"<= {high}")
+  want = f"must be {kind}" + (f" {' and '.join(parts)}" if parts else "")
+
+  def check(v):
+    if not _is_number(v, integer):
+      return want
+    if low is not None and (v <= low if low_open else v < low):
+      return want
+    if high is not None and v > high:
+      return want
+    return None
+  return check
+
+
+def integer(default, low=None, high=None) -> Setting:
+  return Setting(default, _range_check(True, low, high, False))
+
+
+def number(default, low=None, high=None, low_open=False) -> Setting:
+  return Setting(default, _range_check(False, low, high, low_open))
+
+
+def positive(default) -> Setting:
+  """A number > 0 (learning rates, temperatures, epochs)."""
+  return number(default, low=0, low_open=True)
+
+
+def probability(default) -> Setting:
+  return number(default, low=0, high=1)
+
+
+def _interval(low, high) -> Check:
+  def check(v):
+    if (not isinstance(v, (tuple, list)) or len(v) != 2 or
+        not all(_is_number(x, False) for x in v) or not low <= v[0] <= v[1] <= high):
+      return f"must be a pair (lo, hi) with {low} <= lo <= hi <= {high}"
+    return None
+  return check
+
+
+def interval(default, low=0.0, high=float("inf")) -> Setting:
+  """A (lo, hi) pair inside [low, high], lo <= hi (crop scales, blur sigmas)."""
+  return Setting(tuple(default), _interval(low, high))
+
+
+def boolean(default: bool) -> Setting:
+  return Setting(default, lambda v: None if isinstance(v, bool) else "must be True or False")
+
+
+def choice(default, choices) -> Setting:
+  choices = tuple(choices)
+  return Setting(default, lambda v: None if v in choices else f"must be one of {choices}")
+
+
+def flatten(spec: dict, prefix: str = "") -> dict:
+  """{"a.b": Setting} of a declaration; a plain value declares a setting without a check."""
+  out = {}
+  for name, value in spec.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{name}."))
+    else:
+      out[f"{prefix}{name}"] = value if isinstance(value, Setting) else Setting(value)
+  return out
+
+
+def merge(*specs: dict) -> dict:
+  """Declarations merged section by section; a later one wins on the same key."""
+  out = {}
+  for spec in specs:
+    for name, value in spec.items():
+      if isinstance(value, dict) and isinstance(out.get(name), dict):
+        out[name] = merge(out[name], value)
+      else:
+        out[name] = value
+  return out
+
+
+def defaults(spec: dict) -> ml_collections.ConfigDict:
+  """The ConfigDict of a declaration's defaults (optional settings left out)."""
+  out = {}
+  for name, value in spec.items():
+    if isinstance(value, dict):
+      out[name] = defaults(value)
+    else:
+      value = value if isinstance(value, Setting) else Setting(value)
+      if not value.optional:
+        out[name] = value.default
+  return ml_collections.ConfigDict(out)
+
+
+def check(flat_config: dict, spec: dict):
+  """Raises ValueError on every value of `flat_config` ({"a.b": value}) its Setting refuses."""
+  declared = flatten(spec)
+  problems = []
+  for key, value in flat_config.items():
+    s = declared.get(key)
+    if s is not None and s.check is not None and value is not None:
+      problem = s.check(value)
+      if problem:
+        problems.append(f"config.{key}={value!r}: {problem}.")
+  if problems:
+    raise ValueError("\n".join(problems))

@@ -1,0 +1,13 @@
+"""MV-DHEL on the embedded digits (Koromilas et al. 2025, arXiv:2507.06979), 4 views.
+  python -m big_contrast.main --config=configs/mv_dhel_digits.py --workdir=runs/mv_dhel_digits
+poly_view_digits.py with the MV-DHEL objective: batch 128 × 4 views (512 views per step, as
+simclr_digits.py's 256 × 2), 15 epochs.
+MEASURED
+"""
+from configs import poly_view_digits
+
+
+def get_config(arg=None):
+  c = poly_view_digits.get_config(arg)
+  c.loss.objective = "mv_dhel"
+  return c
