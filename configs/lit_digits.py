@@ -7,11 +7,11 @@ Locked-image tuning (Zhai et al. 2022, arXiv:2111.07991): the image tower is the
 simclr_digits.py, loaded from its checkpoint (`init_from`) and locked (`optimizer.frozen`:
 no gradient, no optimizer state, bit-identical; BatchNorm in inference mode); the linear
 image projection, the text tower and t train with the softmax CLIP loss, 505 steps.
-Measured on a 2-core CPU (1 device), jax 0.10.2: 181 s for the second command (192 s for
-the first, install included). Test split (chance 10% / 0.28%); the k-NN of the locked tower is unchanged:
+Measured on a 2-core CPU (AMD EPYC, 1 device), jax 0.10.2: 107 s for the second command (98 s for
+the first). Test split (chance 10% / 0.28%); the k-NN of the locked tower is unchanged:
                       zero-shot top-1   R@1 i2t / t2i   R@10 i2t / t2i   k-NN (image tower)
-  loaded, untrained        12.8%          0.0% / 0.3%      2.2% / 2.8%        96.4%
-  trained                  89.4%          8.6% / 11.7%    66.1% / 68.9%       96.4%
+  loaded, untrained        12.2%          0.0% / 0.3%      2.2% / 2.5%        96.1%
+  trained                  88.3%          8.1% / 11.1%    65.3% / 68.6%       96.1%
 """
 import ml_collections
 

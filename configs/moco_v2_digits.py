@@ -2,9 +2,9 @@
 
   python -m big_contrast.main --config=configs/moco_v2_digits.py --workdir=runs/moco_v2_digits
 
-Shuffle-BN with 8 groups of 32 (moco.bn_groups). Measured on a 2-core CPU, jax 0.10.2,
-168 steps: 116 s for the whole command. Test top-1: k-NN 91.9%, linear probe 93.9% (random
-init: 66.1%, 78.9%).
+Shuffle-BN with 8 groups of 32 (moco.bn_groups). Measured on a 2-core CPU (AMD EPYC,
+1 device), jax 0.10.2, 168 steps: 72 s for the whole command. Test top-1: k-NN 92.2%, linear
+probe 95.3% (random init: 66.1%, 78.9%).
 """
 from configs import common
 

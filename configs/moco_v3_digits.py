@@ -2,8 +2,9 @@
 
   python -m big_contrast.main --config=configs/moco_v3_digits.py --workdir=runs/moco_v3_digits
 
-Measured on a 2-core CPU, jax 0.10.2, 505 steps (90 epochs): 147 s for the whole command.
-Test top-1: k-NN 93.1%, linear probe 96.9% (this ViT at random init: 70.0%, 89.2%).
+Measured on a 2-core CPU (AMD EPYC, 1 device), jax 0.10.2, 505 steps (90 epochs): 90 s
+for the whole command. Test top-1: k-NN 94.2%, linear probe 95.8% (this ViT at random init:
+70.0%, 89.2%).
 """
 import ml_collections
 

@@ -1,6 +1,8 @@
 """MV-InfoNCE, ResNet-50 on ImageNet-1k (Koromilas et al. 2025, arXiv:2507.06979).
-  python -m big_contrast.main --config=configs/mv_infonce_imagenet.py --workdir=runs/mv_infonce_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+
+  python -m big_contrast.main --config=configs/mv_infonce_imagenet.py \
+      --workdir=runs/mv_infonce_in1k --config.data.data_dir=/path/to/tensorflow_datasets
+
 poly_view_imagenet.py (SimCLR's augmentation and LARS, batch 256) with 4 views per image and
 the MV-InfoNCE objective. The authors report ImageNet-1k with 2 and 4 views (their README: 4-view
 MV-DHEL 62.6% linear top-1 in their shorter schedule); their exact schedule was not readable

@@ -1,6 +1,8 @@
 """NNCLR, ResNet-50 on ImageNet-1k (Dwibedi et al. 2021, arXiv:2104.14548).
+
   python -m big_contrast.main --config=configs/nnclr_imagenet.py --workdir=runs/nnclr_in1k \
       --config.data.data_dir=/path/to/tensorflow_datasets
+
 SimCLR's data, augmentation and LARS setup (simclr_imagenet.py) with NNCLR's support set of
 98,304 projections, a 3-layer projector (2048-2048-256) and a predictor (4096 hidden),
 τ = 0.1, batch 4096, 1000 epochs. Paper: 75.6% linear top-1 (ResNet-50, 1000 epochs). Not

@@ -2,8 +2,9 @@
 
   python -m big_contrast.main --config=configs/swav_digits.py --workdir=runs/swav_digits
 
-Measured on a 2-core CPU, jax 0.10.2, 168 steps: 229 s for the whole command. Test top-1:
-k-NN 93.1%, linear probe 94.7% (this model at random init: 67.2%, 75.3%).
+Measured on a 2-core CPU (AMD EPYC, 1 device), jax 0.10.2, 168 steps: 133 s for the
+whole command. Test top-1: k-NN 92.5%, linear probe 95.0% (this model at random init: 67.2%,
+75.3%).
 """
 from configs import common
 

@@ -23,9 +23,16 @@ import importlib
 import pytest
 
 
+# Child processes that run the CLI compile the same programs again and again; one device's
+# programs are kept in JAX's persistent cache. Not multi-device ones: with jax 0.10.2 on CPU,
+# a multi-device program loaded from that cache deadlocked in its collectives.
+CACHE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "big_contrast_tests_jax_cache")
+
+
 def subprocess_env(devices: int, **extra) -> dict:
   """The environment of a test's child process: `devices` CPU devices, the test flags."""
-  return dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", **extra)
+  cache = {"JAX_COMPILATION_CACHE_DIR": CACHE_DIR} if devices == 1 else {}
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", **cache, **extra)
 
 
 DIGITS_TEST_SIZE = 360  # input_pipeline/digits.py's fixed split.

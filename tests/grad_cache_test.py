@@ -111,7 +111,7 @@ def test_training_with_micro_batches_matches_the_full_batch_run(tmp_path):
   # ViT is so sharp (gradient norm ~4000) that float noise of step 1 shows after step 2.
   runs = [train.train_and_evaluate(
       tiny_config(mesh=[("data", 4)], total_steps=2, micro_batches=k, **VIT_SIMCLR,
-                  **{"optimizer.name": "sgd", "eval.evaluators": ("knn",)}),
+                  **{"optimizer.name": "sgd", "eval.evaluators": ()}),
       str(tmp_path / str(k)))["train_state"]["params"] for k in (1, 4)]
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(runs[0]), jax.tree.leaves(runs[1])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=str(path))

@@ -209,7 +209,8 @@ def test_a_checkpoint_of_another_architecture_fails_clearly():
 def test_cli_exports_a_trained_run_that_torchvision_reproduces(tmp_path):
   """Train (tiny SimCLR, ResNet-18 width 64) -> tools/export_pytorch -> torchvision features
   equal the method's evaluation features; the head loads too."""
-  c = tiny_config(total_steps=2, **{"model.width": 64, "eval.evaluators": ("knn",)})
+  c = tiny_config(total_steps=2, mesh=[("data", 1)],
+                  **{"model.width": 64, "eval.evaluators": ()})
   results = train.train_and_evaluate(c, str(tmp_path / "run"))
   export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
                        "--pt"])
@@ -237,7 +238,7 @@ def test_cli_exports_a_siglip_run_with_clip_bpe_that_open_clip_reproduces(tmp_pa
   tools/export_pytorch -> open_clip embeds images and its own tokenizer's ids as the run does."""
   import open_clip
   bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-  c = tiny_config("siglip_digits", total_steps=1, **{
+  c = tiny_config("siglip_digits", total_steps=1, mesh=[("data", 1)], **{
       "text.tokenizer.name": "clip_bpe", "text.tokenizer.path": bpe,
       "eval.evaluators": ()})
   results = train.train_and_evaluate(c, str(tmp_path / "run"))
@@ -286,8 +287,8 @@ def test_lit_locks_an_image_tower_loaded_from_torchvision_weights(tmp_path):
       buf.normal_(0, 0.3)
   path = str(tmp_path / "rn18.safetensors")
   save_file({k: v.contiguous() for k, v in tv.state_dict().items()}, path)
-  c = tiny_config("lit_digits", total_steps=2, **{
-      "model.image.width": 64, "eval.evaluators": ("knn",), "init_from.workdir": "",
+  c = tiny_config("lit_digits", total_steps=2, mesh=[("data", 1)], **{
+      "model.image.width": 64, "eval.evaluators": (), "init_from.workdir": "",
       "init_from.torch.path": path, "init_from.torch.library": "torchvision",
       "init_from.torch.model": "model.image",
       "init_from.rules": ((r"params/image/(.*)", r"params/\1"),
