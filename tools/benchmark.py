@@ -175,7 +175,8 @@ def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
 
   result = {
       "method": config.method, "batch_size": config.batch_size, "image_size": s,
-      "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+      # The devices the step runs on: the run's mesh, not every device the process sees.
+      "devices": run.mesh.size, "device_kind": run.mesh.devices.flat[0].device_kind,
       "backend": jax.default_backend(), "jax": jax.__version__, "data": data,
       "compile_s": compile_s, "xla_flops_per_step": xla_flops,
       "matmul_flops_per_step": matmul_flops,
@@ -204,9 +205,9 @@ def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
   peak = peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
                               if k in result["device_kind"]), None)
   result["peak_tflops"] = peak
-  result["mfu"] = (matmul_flops / median / (peak * 1e12 * jax.device_count())
+  result["mfu"] = (matmul_flops / median / (peak * 1e12 * run.mesh.size)
                    if peak else None)
-  stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+  stats = getattr(run.mesh.devices.flat[0], "memory_stats", lambda: None)()
   result["device_peak_bytes"] = (stats or {}).get("peak_bytes_in_use")
   return result
 
