@@ -54,11 +54,12 @@ def tiny_config(recipe="simclr_digits", **overrides):
   c.data.image_size = c.augment.crop_size = 8
   if "multicrop" in c:
     c.multicrop.crop_size = 4
+  # ResNets get one block per stage (depth 10), ~25% less to compile than depth 18.
   if c.model.name == "resnet":
-    c.model.width = 4
+    c.model.update(width=4, depth=10)
   elif c.model.name == "two_tower":
     if c.model.image.name == "resnet":
-      c.model.image.width = 4
+      c.model.image.update(width=4, depth=10)
     else:
       c.model.image.update(width=16, depth=1, heads=2)
     c.model.text.update(width=16, depth=1, heads=2)

@@ -80,7 +80,8 @@ def test_moco_queue_and_key_encoder_equal_on_8_devices_and_1(tmp_path):
   """The global batch's keys are enqueued in order; shuffle-BN groups do not depend on devices."""
   runs = {}
   for n in (1, 8):
-    c = tiny_config("moco_v2_digits", total_steps=3, mesh=[("data", n)])
+    c = tiny_config("moco_v2_digits", total_steps=3, mesh=[("data", n)],
+                    **{"eval.evaluators": ()})
     c.moco.queue_size = 64
     c.moco.bn_groups = 2  # Groups of 8: BatchNorm over 2 examples is too ill-conditioned.
     runs[n] = train.train_and_evaluate(c, str(tmp_path / str(n)))["train_state"]["state"]
@@ -124,13 +125,13 @@ def test_shuffle_bn_groups_normalise_queries_in_order_and_keys_in_random_groups(
 def test_moco_v2_loss_shuffles_keys_with_a_fresh_permutation_every_step():
   method, params, state = _resnet_bn_probe()
   assert method.groups == 8
-  loss = lambda rng: method.loss(params, state, _batch(), rng, jnp.int32(0))
+  loss = jax.jit(lambda rng: method.loss(params, state, _batch(), rng, jnp.int32(0)))
   # Same views, different shuffles: the keys, hence the queue rows written, differ.
   rng = jax.random.PRNGKey(1)
   _, (s1, _) = loss(rng)
   grouped_off = tiny_config("moco_v2_digits", **{"moco.bn_groups": 1})
   m1 = run_lib.build_method(grouped_off, SCHEDULE)
-  _, (s0, _) = m1.loss(params, state, _batch(), rng, jnp.int32(0))
+  _, (s0, _) = jax.jit(m1.loss)(params, state, _batch(), rng, jnp.int32(0))
   assert not np.allclose(s1["queue"][:16], s0["queue"][:16], atol=1e-4)
 
 
@@ -138,7 +139,7 @@ def test_moco_v3_loss_is_two_tau_times_the_summed_directions():
   c = tiny_config("moco_v3_digits")
   method, params, state = _init(c)
   rng = jax.random.PRNGKey(1)
-  got, _ = method.loss(params, state, _batch(), rng, jnp.int32(0))
+  got, _ = jax.jit(method.loss)(params, state, _batch(), rng, jnp.int32(0))
   (x1, x2), _ = method.views(jax.random.split(rng)[0], _batch()["image"])
   t = c.loss.temperature
   terms = []
@@ -169,12 +170,12 @@ def test_multicrop_view_shapes():
 
 def test_swav_prototypes_are_normalised_and_frozen_in_the_first_epoch():
   method, params, state = _init(tiny_config("swav_digits"))
-  grad = lambda step: jax.grad(lambda p: method.loss(p, state, _batch(), jax.random.PRNGKey(1),
-                                                     jnp.int32(step))[0])(params)
+  grad = jax.jit(lambda step: jax.grad(lambda p: method.loss(
+      p, state, _batch(), jax.random.PRNGKey(1), step)[0])(params))
   assert method.freeze_steps == 2
-  assert not np.any(grad(1)["prototypes"])
-  assert np.any(grad(1)["encoder"]["projector"]["out"]["kernel"])
-  assert np.any(grad(2)["prototypes"])
+  assert not np.any(grad(jnp.int32(1))["prototypes"])
+  assert np.any(grad(jnp.int32(1))["encoder"]["projector"]["out"]["kernel"])
+  assert np.any(grad(jnp.int32(2))["prototypes"])
   scaled = {**params, "prototypes": params["prototypes"] * 3}
   new_params, _ = method.after_update(scaled, state, 0)
   np.testing.assert_allclose(np.linalg.norm(new_params["prototypes"], axis=0), 1, rtol=1e-6)
@@ -183,7 +184,8 @@ def test_swav_prototypes_are_normalised_and_frozen_in_the_first_epoch():
 def test_swav_queue_fills_and_joins_sinkhorn_after_its_start():
   c = tiny_config("swav_digits", **{"swav.queue_size": 32, "swav.queue_start_epoch": 1.0})
   method, params, state = _init(c)
-  loss = lambda s, step: method.loss(params, s, _batch(), jax.random.PRNGKey(1), jnp.int32(step))
+  jitted = jax.jit(lambda s, step: method.loss(params, s, _batch(), jax.random.PRNGKey(1), step))
+  loss = lambda s, step: jitted(s, jnp.int32(step))
   _, (state1, _) = loss(state, 0)
   assert state1["queue"].shape == (2, 32, 8)
   assert np.all(np.linalg.norm(state1["queue"][:, :16], axis=-1) > 0.99)

@@ -18,7 +18,9 @@ from conftest import xla_flags
 
 # Data parallel across the two processes, FSDP over the 4 devices of each: parameters,
 # optimizer state and BatchNorm statistics are split, and the batch over all 8 devices.
-MESH = {"mesh": [("data", 2), ("fsdp", 4)], "sharding.rules": ("fsdp",), "sharding.min_size": 0}
+# Evaluation: k-NN only (the linear probe's sharding is the k-NN's, its compile is not).
+MESH = {"mesh": [("data", 2), ("fsdp", 4)], "sharding.rules": ("fsdp",), "sharding.min_size": 0,
+        "eval.evaluators": ("knn",)}
 
 _WORKER = f"MESH = {MESH!r}\nXLA_FLAGS = {xla_flags(4)!r}\n" + textwrap.dedent("""
     import os, sys
@@ -88,7 +90,7 @@ def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
 
 _TINY_FLAGS = ["--config.batch_size=16", "--config.total_steps=1000",
                "--config.data.image_size=8", "--config.log_every_steps=1",
-               "--config.augment.crop_size=8", "--config.model.width=4",
+               "--config.augment.crop_size=8", "--config.model.width=4", "--config.model.depth=10",
                "--config.model.head_hidden_dims=(16,)", "--config.model.head_dim=8",
                "--config.optimizer.warmup_epochs=0.0", "--config.eval.at_start=False",
                "--config.checkpoint.every_steps=1000",

@@ -143,17 +143,20 @@ def test_method_loss_is_nnclr_of_its_projections_and_fills_the_queue():
   np.testing.assert_allclose(jnp.linalg.norm(state["queue"], axis=1), 1.0, rtol=1e-5)
   rng = jax.random.PRNGKey(3)
   loss, (new_state, _) = jax.jit(method.loss)(params, state, {"image": images}, rng, 0)
-  # The same numbers from the encoder's parts, by hand.
-  (x1, x2), _ = method.views(rng, images)
-  variables = {"params": params, **state["model"]}
-  h = method.model.apply(variables, jnp.concatenate([x1, x2]), train=True,
-                         mutable=["batch_stats"], method=base.Encoder.encode)[0]
-  z = method.model.apply(variables, h, train=True, mutable=["batch_stats"],
-                         method=lambda m, h, train: m.head(h, train=train, predict=False))[0]
-  p = method.model.apply(variables, z, train=True, mutable=["batch_stats"],
-                         method=lambda m, z, train: m.predictor(z, train=train))[0]
-  (z1, z2), (p1, p2) = jnp.split(z, 2), jnp.split(p, 2)
-  want = losses.nnclr_loss(z1, z2, p1, p2, state["queue"], c.loss.temperature)
+  @jax.jit
+  def by_hand(params, state, images):  # The same numbers from the encoder's parts.
+    (x1, x2), _ = method.views(rng, images)
+    variables = {"params": params, **state["model"]}
+    h = method.model.apply(variables, jnp.concatenate([x1, x2]), train=True,
+                           mutable=["batch_stats"], method=base.Encoder.encode)[0]
+    z = method.model.apply(variables, h, train=True, mutable=["batch_stats"],
+                           method=lambda m, h, train: m.head(h, train=train, predict=False))[0]
+    p = method.model.apply(variables, z, train=True, mutable=["batch_stats"],
+                           method=lambda m, z, train: m.predictor(z, train=train))[0]
+    (z1, z2), (p1, p2) = jnp.split(z, 2), jnp.split(p, 2)
+    return losses.nnclr_loss(z1, z2, p1, p2, state["queue"], c.loss.temperature), z1
+
+  want, z1 = by_hand(params, state, images)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   # The first view's normalised projections replace the oldest 16 rows.
   assert int(new_state["queue_ptr"]) == 16

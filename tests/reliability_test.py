@@ -58,7 +58,7 @@ CLI_ARGS = ["--config=configs/moco_v2_digits.py", "--config.batch_size=32",
             "--config.moco.queue_size=64", "--config.moco.bn_groups=2",
             "--config.total_steps=10", "--config.log_every_steps=1",
             "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2",
-            "--config.model.width=4", "--config.data.image_size=8",
+            "--config.model.width=4", "--config.model.depth=10", "--config.data.image_size=8",
             "--config.augment.crop_size=8", "--config.eval.at_start=False",
             "--config.eval.evaluators=()", "--config.mesh=(('data',1),)"]
 ENV = subprocess_env(1)

@@ -106,9 +106,10 @@ def test_a_config_json_written_before_declared_settings_still_resumes():
     saved = f.read()
   old = json.loads(saved)
   assert "moco" in old and "knn_k" in old["eval"] and "impl" in old["loss"]
-  run_config.check_resume(saved, tiny_config(), "config.json")
+  now = lambda **kw: tiny_config(**{"model.depth": 18, **kw})  # Saved at ResNet-18.
+  run_config.check_resume(saved, now(), "config.json")
   with pytest.raises(ValueError, match=r"config.loss.temperature: saved 0.2, now 0.5"):
-    run_config.check_resume(saved, tiny_config(**{"loss.temperature": 0.5}), "config.json")
+    run_config.check_resume(saved, now(**{"loss.temperature": 0.5}), "config.json")
 
 
 def test_a_torn_config_json_is_named():

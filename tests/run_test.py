@@ -22,6 +22,11 @@ def test_train_state_layout_of_every_digits_recipe_is_unchanged():
     recorded = json.load(f)
   for recipe, layout in recorded.items():
     c = tiny_config(recipe, **({"init_from.workdir": ""} if recipe == "lit_digits" else {}))
+    # Recorded at the recipes' ResNet-18.
+    if c.model.name == "resnet":
+      c.model.depth = 18
+    elif c.model.name == "two_tower" and c.model.image.name == "resnet":
+      c.model.image.depth = 18
     abstract = run_lib.setup(c, train_size=1200).abstract
     now = {jax.tree_util.keystr(p): [list(x.shape), str(x.dtype)]
            for p, x in jax.tree_util.tree_leaves_with_path(abstract)}

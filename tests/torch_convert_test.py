@@ -210,7 +210,7 @@ def test_cli_exports_a_trained_run_that_torchvision_reproduces(tmp_path):
   """Train (tiny SimCLR, ResNet-18 width 64) -> tools/export_pytorch -> torchvision features
   equal the method's evaluation features; the head loads too."""
   c = tiny_config(total_steps=2, mesh=[("data", 1)],
-                  **{"model.width": 64, "eval.evaluators": ()})
+                  **{"model.width": 64, "model.depth": 18, "eval.evaluators": ()})
   results = train.train_and_evaluate(c, str(tmp_path / "run"))
   export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
                        "--pt"])
@@ -288,7 +288,8 @@ def test_lit_locks_an_image_tower_loaded_from_torchvision_weights(tmp_path):
   path = str(tmp_path / "rn18.safetensors")
   save_file({k: v.contiguous() for k, v in tv.state_dict().items()}, path)
   c = tiny_config("lit_digits", total_steps=2, mesh=[("data", 1)], **{
-      "model.image.width": 64, "eval.evaluators": (), "init_from.workdir": "",
+      "model.image.width": 64, "model.image.depth": 18, "eval.evaluators": (),
+      "init_from.workdir": "",
       "init_from.torch.path": path, "init_from.torch.library": "torchvision",
       "init_from.torch.model": "model.image",
       "init_from.rules": ((r"params/image/(.*)", r"params/\1"),

@@ -34,6 +34,7 @@ def _variant(v):
 # (depth, width, stem) or a ViT (variant, whose width, depth and heads the keys override).
 BACKBONE_SETTINGS = dict(
     name=settings.choice("resnet", ("resnet", "vit")),
+    # depth: a ResNet's (DEPTHS); a ViT's optional override of its variant's.
     depth=settings.integer(50, low=1), width=settings.integer(64, low=1),
     stem=settings.choice("imagenet", STEMS),
     variant=settings.optional(_variant),

@@ -15,6 +15,7 @@ from big_contrast.models import remat as remat_lib
 
 # name -> (block kind, blocks per stage)
 DEPTHS = {
+    10: ("basic", (1, 1, 1, 1)),   # One block per stage: tests and tiny runs (no torchvision twin).
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
