@@ -22,8 +22,8 @@ SCHEDULE = methods.Schedule(total_steps=10, steps_per_epoch=2)
 @pytest.fixture(name="simclr_run", scope="module")
 def simclr_run_fixture(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("simclr")
-  c = tiny_config("simclr_digits", total_steps=2)
-  c.model.update(width=4)
+  # Saved on one device, loaded by LiT on two.
+  c = tiny_config("simclr_digits", total_steps=2, mesh=[("data", 1)], **{"eval.evaluators": ()})
   state = train.train_and_evaluate(c, str(workdir))["train_state"]
   return str(workdir), state
 
