@@ -21,11 +21,11 @@ SETTINGS = dict(
     min_lr_ratio=settings.number(0.0, low=0, high=1),
     grad_clip_norm=settings.number(0.0, low=0),
     frozen=(),              # Regexes of parameter paths that get no updates.
-    b1=settings.optional(settings.number(0, low=0, high=1).check),
-    b2=settings.optional(settings.number(0, low=0, high=1).check),
-    eps=settings.optional(settings.positive(0).check),
-    trust_coefficient=settings.optional(settings.positive(0).check),
-    nesterov=settings.optional(settings.boolean(False).check),
+    b1=settings.optional(settings.number(None, low=0, high=1)),
+    b2=settings.optional(settings.number(None, low=0, high=1)),
+    eps=settings.optional(settings.positive(None)),
+    trust_coefficient=settings.optional(settings.positive(None)),
+    nesterov=settings.optional(settings.boolean(None)),
 )
 
 

@@ -60,15 +60,9 @@ def declared(method: str) -> dict:
                         cls.settings(), {"method": method})
 
 
-def defaults(method: str, **sections) -> ml_collections.ConfigDict:
-  """The default config of `method`; `sections` {"loss": {...}, ...} update it."""
-  c = settings.defaults(declared(method))
-  for name, values in sections.items():
-    if isinstance(values, dict) and isinstance(c.get(name), ml_collections.ConfigDict):
-      c[name].update(values)
-    else:
-      c[name] = values
-  return c
+def defaults(method: str) -> ml_collections.ConfigDict:
+  """The default config of `method`: every key its run reads."""
+  return settings.defaults(declared(method))
 
 
 def _owners(key: str) -> list:

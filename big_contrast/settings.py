@@ -25,11 +25,9 @@ class Setting:
   optional: bool = False
 
 
-def setting(default, check: Check | None = None) -> Setting:
-  return Setting(default, check)
-
-
-def optional(check: Check | None = None) -> Setting:
+def optional(spec: "Setting | Check | None" = None) -> Setting:
+  """A key without a default in the config, checked as `spec` (a Setting's check, or a check)."""
+  check = spec.check if isinstance(spec, Setting) else spec
   return Setting(None, check, optional=True)
 
 

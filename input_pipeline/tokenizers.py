@@ -40,8 +40,8 @@ NAMES = ("bytes", "sentencepiece", "clip_bpe")
 # `config.text.tokenizer` (see get_tokenizer): lower and num_merges are optional.
 SETTINGS = dict(
     name=settings.choice("bytes", NAMES), length=settings.integer(32, low=2), path="",
-    lower=settings.optional(settings.boolean(False).check),
-    num_merges=settings.optional(settings.integer(48894, low=1).check))
+    lower=settings.optional(settings.boolean(None)),
+    num_merges=settings.optional(settings.integer(None, low=1)))
 _KEY = "config.text.tokenizer"
 _FILES = {"sentencepiece": "a SentencePiece .model file",
           "clip_bpe": "CLIP's BPE merges file (bpe_simple_vocab_16e6.txt.gz)"}

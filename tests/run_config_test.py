@@ -55,7 +55,7 @@ def test_the_library_never_imports_configs():
 def test_settings_checks_name_the_key_and_the_rule():
   spec = {"a": settings.integer(1, low=1), "b": {"p": settings.probability(0.5)},
           "c": settings.choice("x", ("x", "y")), "d": settings.interval((0.1, 1.0), 0, 1),
-          "e": settings.optional(settings.boolean(False).check)}
+          "e": settings.optional(settings.boolean(None))}
   assert settings.defaults(spec).to_dict() == {"a": 1, "b": {"p": 0.5}, "c": "x",
                                                "d": (0.1, 1.0)}
   settings.check({"a": 3, "b.p": 1.0, "c": "y", "d": (0.0, 0.0), "e": True}, spec)

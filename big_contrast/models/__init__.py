@@ -38,9 +38,9 @@ BACKBONE_SETTINGS = dict(
     depth=settings.integer(50, low=1), width=settings.integer(64, low=1),
     stem=settings.choice("imagenet", STEMS),
     variant=settings.optional(_variant),
-    heads=settings.optional(settings.integer(1, low=1).check),
-    pool=settings.optional(settings.choice("cls", POOLS).check),
-    posemb=settings.optional(settings.choice("sincos2d", ("sincos2d", "learn")).check))
+    heads=settings.optional(settings.integer(None, low=1)),
+    pool=settings.optional(settings.choice(None, POOLS)),
+    posemb=settings.optional(settings.choice(None, ("sincos2d", "learn"))))
 
 # The text tower of a two-tower (models.TextTransformer).
 TEXT_SETTINGS = dict(
@@ -66,7 +66,7 @@ def two_tower_settings() -> dict:
   return dict(name=settings.choice("two_tower", ("two_tower",)), **TOWER_SETTINGS,
               embed_dim=settings.integer(512, low=1),
               image=dict(BACKBONE_SETTINGS, name=settings.choice("vit", ("resnet", "vit")),
-                         variant=settings.setting("B/16", _variant)),
+                         variant=settings.Setting("B/16", _variant)),
               text=TEXT_SETTINGS,
               temperature_init=settings.positive(1 / 0.07), bias_init=settings.number(-10.0))
 
