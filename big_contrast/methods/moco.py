@@ -41,6 +41,13 @@ def momentum_at(step, m0, m1, total_steps):
   return m1 - (m1 - m0) * (jnp.cos(math.pi * progress) + 1) / 2
 
 
+def random_queue(rng, size: int, dim: int) -> dict:
+  """{"queue": [size, dim] random unit vectors (until real keys replace them, as in MoCo),
+  "queue_ptr": 0}: the ring buffer `enqueue` writes."""
+  queue = jax.random.normal(rng, (size, dim))
+  return {"queue": numerics.l2_normalize(queue), "queue_ptr": jnp.zeros((), jnp.int32)}
+
+
 def enqueue(queue, ptr, keys):
   """Writes `keys` (the global batch, in order) over the oldest entries of the ring buffer."""
   queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (ptr, 0))
@@ -102,10 +109,8 @@ class MoCo(base.Method):
            "model": model_state}
     state = {"model": model_state, "ema": jax.tree.map(jnp.copy, ema)}
     if self.config.moco.queue_size:
-      # Random unit vectors until real keys replace them, as in MoCo.
-      queue = jax.random.normal(jax.random.fold_in(rng, 1),
-                                (self.config.moco.queue_size, self.config.model.head_dim))
-      state.update(queue=numerics.l2_normalize(queue), queue_ptr=jnp.zeros((), jnp.int32))
+      state.update(random_queue(jax.random.fold_in(rng, 1), self.config.moco.queue_size,
+                                self.config.model.head_dim))
     return params, state
 
   def loss(self, params, state, batch, rng, step):

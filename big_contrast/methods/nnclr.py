@@ -48,10 +48,8 @@ class NNCLR(base.Method):
 
   def init(self, rng, images):
     params, model_state = base.init_model(self.model, rng, self.eval_view(images))
-    queue = jax.random.normal(jax.random.fold_in(rng, 1),
-                              (self.config.nnclr.queue_size, self.config.model.head_dim))
-    return params, {"model": model_state, "queue": numerics.l2_normalize(queue),
-                    "queue_ptr": jnp.zeros((), jnp.int32)}
+    return params, {"model": model_state, **moco.random_queue(
+        jax.random.fold_in(rng, 1), self.config.nnclr.queue_size, self.config.model.head_dim)}
 
   def loss(self, params, state, batch, rng, step):
     del step
