@@ -24,17 +24,20 @@ setuptools.setup(
         "scikit-learn",   # the embedded digits dataset ships with it
         "tensorboardX",   # TensorBoard events without TensorFlow
         "safetensors",    # tools/export_pytorch.py writes weights without needing torch
+        # Real images on the host: JPEG decoding at reduced DCT scale (libjpeg-turbo), Pillow
+        # for the other formats and CMYK, OpenCV's resize, msgpack records in array_record
+        # shards (tools/prepare_data.py; grain reads them without TensorFlow).
+        "simplejpeg", "pillow", "opencv-python-headless", "msgpack", "array-record",
     ],
     extras_require={
-        # tfds decodes Image features with Pillow (or OpenCV) when reading without TensorFlow.
-        "data": ["pillow"],
         # Tokenizers beyond the default byte-level one: SentencePiece models, and the CLIP
         # BPE (regex for its \p{L}/\p{N} word split, ftfy for CLIP's text clean-up).
         "text": ["sentencepiece", "regex", "ftfy"],
         # Loading exports (tools/export_pytorch.py) into the PyTorch libraries; the peers' benchmarks.
         "torch": ["torch>=2.4", "torchvision>=0.19", "timm>=1.0", "open_clip_torch>=2.24"],
         # pytest-xdist: the suite is compile-bound; two workers cut CI's 2-core wall time ~30%.
-        "test": ["pytest>=8", "pytest-xdist>=3", "pillow", "sentencepiece", "regex", "ftfy",
+        # scikit-image: its bundled sample photos are the tests' real images.
+        "test": ["pytest>=8", "pytest-xdist>=3", "scikit-image", "sentencepiece", "regex", "ftfy",
                  "torch>=2.4", "torchvision>=0.19", "timm>=1.0", "open_clip_torch>=2.24"],
     },
 )

@@ -169,11 +169,18 @@ def random_solarize(rng, image, prob=0.0, threshold=0.5):
   return _with_prob(rng, prob, lambda _, x: jnp.where(x >= threshold, 1 - x, x), image)
 
 
-def augment_image(rng, image, cfg):
-  """One view of one float image [H, W, C] in [0, 1]: crop, flip, jitter, gray, blur, solarize."""
+def augment_image(rng, image, cfg, crop=True):
+  """One view of one float image [H, W, C] in [0, 1]: crop, flip, jitter, gray, blur, solarize.
+
+  crop=False: the image is a view the host already cropped (input_pipeline/decode.py) at
+  `cfg.crop_size`; only the flip and the photometric ops apply.
+  """
   k_crop, k_flip, k_jitter, k_gray, k_blur, k_solarize = jax.random.split(rng, 6)
-  x = random_resized_crop(k_crop, image, cfg.crop_size, cfg.crop_scale, cfg.crop_ratio)
-  x = jnp.clip(x, 0, 1)  # The resampling weights are convex, but rounding can step just outside.
+  if crop:
+    x = random_resized_crop(k_crop, image, cfg.crop_size, cfg.crop_scale, cfg.crop_ratio)
+    x = jnp.clip(x, 0, 1)  # The resampling weights are convex, but rounding can step outside.
+  else:
+    x = image
   x = random_flip(k_flip, x, cfg.flip_prob)
   x = random_color_jitter(k_jitter, x, cfg.color_jitter_prob,
                           cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
@@ -184,7 +191,7 @@ def augment_image(rng, image, cfg):
   return jnp.clip(x, 0, 1)
 
 
-def augment_batch(rng, images, cfg) -> jnp.ndarray:
+def augment_batch(rng, images, cfg, crop=True) -> jnp.ndarray:
   """Views [B, S, S, C] float32 in [0, 1] of uint8 (or [0, 1] float) images [B, H, W, C]."""
   if isinstance(cfg, dict):
     cfg = ml_collections.ConfigDict(cfg)
@@ -192,4 +199,4 @@ def augment_batch(rng, images, cfg) -> jnp.ndarray:
   if jnp.issubdtype(images.dtype, jnp.integer):
     x = x / 255.0
   keys = jax.random.split(rng, images.shape[0])
-  return jax.vmap(lambda key, image: augment_image(key, image, cfg))(keys, x)
+  return jax.vmap(lambda key, image: augment_image(key, image, cfg, crop))(keys, x)

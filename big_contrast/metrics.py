@@ -13,6 +13,9 @@ import numpy as np
 from clu import metrics as clu_metrics
 import tensorboardX
 
+# The share of step time waiting for input above which the run warns.
+INPUT_BOUND = 0.25
+
 
 def average(history: list[dict]) -> dict:
   """Means over the steps since the last log, with clu's Average."""
@@ -37,6 +40,8 @@ class MetricLogger:
       self._tb = tensorboardX.SummaryWriter(self.tb_dir)
     self._t0 = self._tick = time.time()
     self._tick_step = None
+    self._data_wait = 0.0
+    self._warned_input = False
 
   def _drop_rows_after(self, step: int):
     """Removes rows logged after `step`: on resume they are about to be logged again."""
@@ -56,23 +61,38 @@ class MetricLogger:
       self._tb.add_scalar(k, v, step)
     self._tb.flush()
 
-  def progress(self, step: int, values: dict, images_per_step: int):
-    """Logs train metrics with throughput and ETA measured since the previous call."""
+  def data_wait(self, seconds: float):
+    """Adds time the loop spent waiting for its next input batch."""
+    self._data_wait += seconds
+
+  def progress(self, step: int, values: dict, images_per_step: int, num_workers: int = 0):
+    """Logs train metrics with throughput, ETA and the share of step time spent waiting for
+    input (data_wait_frac, as open_clip logs data time beside batch time), all measured since
+    the previous call; warns once when input holds the device back."""
     now = time.time()
     if self._tick_step is not None and step > self._tick_step:
       secs_per_step = (now - self._tick) / (step - self._tick_step)
-      values = {**values, "img_per_sec": images_per_step / secs_per_step}
+      wait = min(1.0, self._data_wait / max(now - self._tick, 1e-9))
+      values = {**values, "img_per_sec": images_per_step / secs_per_step,
+                "data_wait_frac": wait}
       eta = f"{(self.total_steps - step) * secs_per_step / 60:.1f} min"
+      if wait > INPUT_BOUND and not self._warned_input:
+        self._warned_input = True
+        logging.warning(
+            "Input is the bottleneck: %.0f%% of step time went to waiting for the next batch. "
+            "Raise config.data.num_workers (now %d; each worker decodes on one host core), "
+            "prepare the data with tools.prepare_data, or lower data.image_size.",
+            100 * wait, num_workers)
     else:
       eta = "?"
-    self._tick, self._tick_step = now, step
+    self._tick, self._tick_step, self._data_wait = now, step, 0.0
     self.write(step, values)
     shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
     logging.info("step %d/%d  %s  ETA %s", step, self.total_steps, shown, eta)
 
   def restart_clock(self, step: int):
     """Excludes compile and evaluation time from the next throughput measurement."""
-    self._tick, self._tick_step = time.time(), step
+    self._tick, self._tick_step, self._data_wait = time.time(), step, 0.0
 
   def close(self):
     if self.active:

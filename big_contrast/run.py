@@ -104,7 +104,7 @@ class Run:
     return input_pipeline.train_batches(
         self.sources[0], self.config.batch_size, self.config.seed, jax.process_index(),
         jax.process_count(), num_workers=self.config.data.get("num_workers", 0),
-        tokenizer=self.tokenizer)
+        tokenizer=self.tokenizer, views=self.method.view_specs())
 
   def global_batch(self, local_batch):
     return sharding.global_batch(local_batch, self.mesh)

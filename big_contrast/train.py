@@ -137,7 +137,13 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
   history, compiled, pending, preempted = [], False, [], None
   policy = config.get("nonfinite", "error")
   batch_iter = batches.iterate(step) if step < total_steps else iter(())
-  for local_batch in batch_iter:
+  num_workers = config.data.get("num_workers", 0)
+  while True:
+    waited = time.perf_counter()
+    local_batch = next(batch_iter, None)
+    if local_batch is None:
+      break
+    logger.data_wait(time.perf_counter() - waited)
     ts, step_metrics = run.train_step(ts, run.global_batch(local_batch))
     step += 1
     pending.append((step, step_metrics))
@@ -157,7 +163,7 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
     if log_now:
       extra = {"nonfinite_steps": int(ts["nonfinite_steps"])} if policy == "skip" else {}
       logger.progress(step, {**metrics.average(history), "lr": float(run.lr_fn(step - 1)), **extra},
-                      config.batch_size)
+                      config.batch_size, num_workers)
       history = []
     if eval_now:
       results["final"] = evaluate_now()

@@ -86,15 +86,19 @@ def image_text_digits_config(method: str) -> ml_collections.ConfigDict:
 
 
 def imagenet_config(method: str = "simclr") -> ml_collections.ConfigDict:
-  """What every *_imagenet recipe shares: ImageNet-1k from tfds array_record, ResNet-50, bf16.
+  """What every *_imagenet recipe shares: ImageNet-1k at full resolution, ResNet-50, bf16.
 
-  Needs imagenet2012 prepared with `tfds build ... --file_format=array_record` (README) and
-  `--config.data.data_dir`.
+  `--config.data.path` names ImageNet prepared by `python -m tools.prepare_data
+  --format=image_folder --input=/data/imagenet --out=DIR` (train/ and val/ in class folders);
+  `--config.data.name=image_folder` reads the tree in place instead, and `name=tfds
+  tfds_name=imagenet2012 test_split=validation data_dir=...` a tfds array_record build.
+  Training views are cropped on the host from the full-resolution image; evaluation resizes
+  the short side to 256 and the device takes the centre 224.
   """
   c = base_config(method)
   c.log_every_steps = 100
-  c.data.update(name="tfds", tfds_name="imagenet2012", train_split="train",
-                test_split="validation", image_size=256, num_workers=16)
+  c.data.update(name="prepared", train_split="train", test_split="val", image_size=256,
+                num_workers=16)
   c.augment.update(crop_size=224)
   if "multicrop" in c:
     c.multicrop.update(crop_size=96, crop_scale=(0.05, 0.14))

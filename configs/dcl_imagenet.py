@@ -1,7 +1,7 @@
 """DCL, ResNet-50 on ImageNet-1k at batch 256 (Yeh et al. 2022, arXiv:2110.06848).
 
   python -m big_contrast.main --config=configs/dcl_imagenet.py --workdir=runs/dcl_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.path=/data/imagenet_prepared
 
 SimCLR's recipe with the decoupled loss at the small batch DCL targets: batch 256, 200 epochs,
 LARS lr 0.3 × B/256, τ = 0.1.

@@ -1,7 +1,7 @@
 """MoCo v2, ResNet-50 on ImageNet-1k (Chen et al. 2020, "Improved Baselines", arXiv:2003.04297).
 
   python -m big_contrast.main --config=configs/moco_v2_imagenet.py --workdir=runs/mocov2_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.path=/data/imagenet_prepared
 
 Batch 256, SGD lr 0.03 × B/256 with momentum 0.9, weight decay 1e-4, cosine, 200 epochs,
 τ = 0.2, queue 65536, key-encoder momentum 0.999, MLP head 2048-128, SimCLR-style

@@ -1,7 +1,7 @@
 """MoCo v3, ViT-B/16 on ImageNet-1k (Chen, Xie, He 2021, arXiv:2104.02057).
 
   python -m big_contrast.main --config=configs/moco_v3_imagenet.py --workdir=runs/mocov3_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.path=/data/imagenet_prepared
 
 Batch 4096, AdamW lr 1.5e-4 × B/256, weight decay 0.1, 40 warmup epochs, 300 epochs,
 τ = 0.2, momentum 0.99 -> 1 (cosine), 3-layer projector (4096, out 256, last BN), 2-layer

@@ -1,7 +1,7 @@
 """NNCLR, ResNet-50 on ImageNet-1k (Dwibedi et al. 2021, arXiv:2104.14548).
 
   python -m big_contrast.main --config=configs/nnclr_imagenet.py --workdir=runs/nnclr_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.path=/data/imagenet_prepared
 
 SimCLR's data, augmentation and LARS setup (simclr_imagenet.py) with NNCLR's support set of
 98,304 projections, a 3-layer projector (2048-2048-256) and a predictor (4096 hidden),

@@ -1,7 +1,7 @@
 """Poly-view contrastive learning, ResNet-50 on ImageNet-1k (Shidani et al. 2024, arXiv:2403.05490).
 
   python -m big_contrast.main --config=configs/poly_view_imagenet.py --workdir=runs/pvc_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.path=/data/imagenet_prepared
 
 The paper's headline regime: batch 256 unique images, many views each, 128 epochs (it reports
 beating SimCLR at batch 4096 for 1024 epochs). num_views=8 is our choice; the paper sweeps

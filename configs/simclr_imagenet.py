@@ -1,9 +1,10 @@
 """SimCLR ResNet-50 on ImageNet-1k, the paper's recipe (Chen et al. 2020, arXiv:2002.05709).
 
   python -m big_contrast.main --config=configs/simclr_imagenet.py --workdir=runs/simclr_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.path=/data/imagenet_prepared
 
-Needs imagenet2012 prepared by tensorflow-datasets in array_record format (see the README).
+ImageNet as `tools.prepare_data --format=image_folder` writes it (README, Your own data), or
+read in place with `--config.data.name=image_folder --config.data.path=/data/imagenet`.
 Batch 4096, LARS with lr 0.3 × B/256 = 4.8, weight decay 1e-6, τ = 0.1, 10 warmup epochs then
 cosine, 1000 epochs, colour distortion strength 1.0 and blur.
 Paper: 69.3% linear-probe top-1 after 1000 epochs (64.6% after 100). Not yet run with this

@@ -1,7 +1,7 @@
 """SwAV, ResNet-50 on ImageNet-1k with multi-crop (Caron et al. 2020, arXiv:2006.09882).
 
   python -m big_contrast.main --config=configs/swav_imagenet.py --workdir=runs/swav_in1k \
-      --config.data.data_dir=/path/to/tensorflow_datasets
+      --config.data.path=/data/imagenet_prepared
 
 2×224 (14-100% area) + 6×96 (5-14%) crops, batch 4096, LARS lr 0.3 × B/256 = 4.8 decaying to
 0.0048, weight decay 1e-6, 10 warmup epochs, 800 epochs, 3000 prototypes, ε = 0.05, 3 Sinkhorn

@@ -78,15 +78,25 @@ def with_text(tokenizer, example: dict[str, Any],
 
 def train_batches(source: Source, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  num_workers: int = 0, tokenizer=None) -> TrainBatches:
+                  num_workers: int = 0, tokenizer=None, views=None) -> TrainBatches:
   """Shuffled, endlessly repeated local batches of dict(image, label[, text]).
 
-  With a `tokenizer`, image-text examples get "text": one of their captions,
-  picked by an RNG seeded from (seed, stream position) so resuming is exact.
+  Sources of encoded images (input_pipeline/encoded.py) give dict(views[, small_views],
+  label[, text]) instead: `views` = (large, small) decode.ViewSpec lists, each view its own
+  random-resized crop at full resolution. Crops and, with a `tokenizer`, the caption an
+  image-text example gets as "text" are drawn from RNGs seeded by (seed, stream position),
+  so resuming is exact.
   """
   # repeat() after shuffle() reshuffles every epoch with a seed derived from
   # (seed, epoch).
-  epochs = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  if hasattr(source, "train_views"):
+    if views is None:
+      raise ValueError("A source of encoded images needs the method's views "
+                       "(Method.view_specs()) to crop them on the host.")
+    epochs = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat().random_map(
+        functools.partial(source.train_views, views), seed=seed + 2)
+  else:
+    epochs = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   if tokenizer is not None:
     epochs = epochs.random_map(functools.partial(with_text, tokenizer), seed=seed + 1)
   return TrainBatches(

@@ -4,6 +4,15 @@ A source opens (train, test, num_classes) from `config.data`. Its kind says what
 can train on it: "image" examples hold an image and a label; "image-text" ones also hold
 captions (and serve image methods too, which ignore them). A method declares the kind it
 needs (methods/base.py), and the run refuses a mismatch before anything compiles.
+
+  digits, digits_captions   the embedded 8×8 digits (with generated captions)
+  tfds, tfds_captions       tensorflow-datasets array_record builds (data.tfds_name, data_dir)
+  image_folder              an ImageFolder tree read in place: data.path/<split>/<class>/<image>
+  prepared                  a directory written by tools/prepare_data.py (data.path), from an
+                            ImageFolder, webdataset tars or a CSV; captions if it has them
+
+The last two hold encoded images, decoded on the host at full resolution, where each
+training view takes its own random-resized crop (input_pipeline/encoded.py).
 """
 import dataclasses
 import os
@@ -11,17 +20,19 @@ from typing import Callable
 
 from big_contrast import registry
 from big_contrast import settings
-from input_pipeline import digits, image_text, tfds_source
+from input_pipeline import digits, encoded, image_text, records, tfds_source
 
 IMAGES = "image"
 IMAGE_TEXT = "image-text"
 
 SOURCES = registry.Registry("data source", "config.data.name")
 
-# `config.data`. tfds_* keys, data_dir and the splits serve the tfds sources; image_key,
-# text_key and label_key name the features of image-text records ("" label_key: no labels).
+# `config.data`. tfds_* keys and data_dir serve the tfds sources, `path` image_folder and
+# prepared; image_key, text_key and label_key name the features of tfds image-text records
+# ("" label_key: no labels). image_size: the side evaluation images are brought to (short
+# side resized, centre crop; the device then crops augment.crop_size from it).
 SETTINGS = dict(
-    name="digits", tfds_name="", data_dir="", train_split="train", test_split="test",
+    name="digits", tfds_name="", data_dir="", path="", train_split="train", test_split="test",
     image_size=settings.integer(32, low=1), num_workers=settings.integer(0, low=0),
     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
     image_key="image", text_key="caption", label_key="")
@@ -31,10 +42,11 @@ SETTINGS = dict(
 class DataSource:
   open: Callable          # data_cfg -> (train source, test source, num_classes)
   kinds: tuple            # what it can feed: (IMAGES,) or (IMAGES, IMAGE_TEXT)
-  check: Callable | None = None   # data_cfg -> error text or None; before anything is read
+  check: Callable | None = None   # (data_cfg, kind) -> error text or None; before any read
 
 
-def _check_data_dir(cfg):
+def _check_data_dir(cfg, kind):
+  del kind
   if not cfg.get("tfds_name"):
     return (f"config.data.name={cfg.name!r} reads a tfds dataset: set config.data.tfds_name "
             "(e.g. imagenet2012) and config.data.data_dir.")
@@ -61,10 +73,59 @@ def _image_text(cfg):
   return train, test, train.num_classes
 
 
+def _check_image_folder(cfg, kind):
+  del kind
+  if not cfg.get("path"):
+    return ("config.data.name='image_folder' reads an ImageFolder tree: set config.data.path "
+            "to the folder holding the split folders (<path>/train/<class>/<image>).")
+  for key in ("train_split", "test_split"):
+    split_dir = os.path.join(cfg.path, cfg[key])
+    if not os.path.isdir(split_dir):
+      found = sorted(os.listdir(cfg.path)) if os.path.isdir(cfg.path) else None
+      return (f"config.data.{key}={cfg[key]!r}: {split_dir!r} is not a directory" +
+              (f" ({cfg.path!r} holds {found[:8]})" if found is not None else
+               f" ({cfg.path!r} does not exist)") + "; set config.data.path / " + key + ".")
+  return None
+
+
+def _check_prepared(cfg, kind):
+  if not cfg.get("path"):
+    return ("config.data.name='prepared' reads a directory written by tools.prepare_data: set "
+            "config.data.path to it.")
+  try:
+    manifest = records.read_manifest(cfg.path)
+    for key in ("train_split", "test_split"):
+      records.split_shards(cfg.path, manifest, cfg[key])
+  except records.DataError as e:
+    return str(e)
+  if kind == IMAGE_TEXT and not manifest["has_captions"]:
+    return (f"config.data.path={cfg.path!r} was prepared from {manifest['source_format']} and "
+            "holds no captions; the method trains on image-text pairs: prepare webdataset "
+            "tars or a CSV of captions (tools.prepare_data --format=webdataset|csv).")
+  return None
+
+
+def _image_folder(cfg):
+  train = encoded.FolderRecords(os.path.join(cfg.path, cfg.train_split))
+  test = encoded.FolderRecords(os.path.join(cfg.path, cfg.test_split), train.class_names)
+  train, test = (encoded.EncodedImages(r, cfg.image_size) for r in (train, test))
+  return train, test, train.num_classes
+
+
+def _prepared(cfg):
+  manifest = records.read_manifest(cfg.path)
+  train, test = (encoded.EncodedImages(encoded.PreparedRecords(cfg.path, cfg[key], manifest),
+                                       cfg.image_size, with_captions=manifest["has_captions"])
+                 for key in ("train_split", "test_split"))
+  return train, test, train.num_classes
+
+
 SOURCES.register("digits", DataSource(_digits, (IMAGES,)))
 SOURCES.register("tfds", DataSource(_tfds, (IMAGES,), _check_data_dir))
 SOURCES.register("digits_captions", DataSource(_image_text, (IMAGES, IMAGE_TEXT)))
 SOURCES.register("tfds_captions", DataSource(_image_text, (IMAGES, IMAGE_TEXT), _check_data_dir))
+SOURCES.register("image_folder", DataSource(_image_folder, (IMAGES,), _check_image_folder))
+SOURCES.register("prepared", DataSource(_prepared, (IMAGES, IMAGE_TEXT), _check_prepared))
 
 
 def check(data_cfg, kind: str):
@@ -74,7 +135,7 @@ def check(data_cfg, kind: str):
     able = [n for n, s in SOURCES.items() if kind in s.kinds]
     raise ValueError(f"config.data.name={data_cfg.name!r} has no captions; the method trains "
                      f"on image-text pairs: use one of {able}.")
-  problem = source.check(data_cfg) if source.check else None
+  problem = source.check(data_cfg, kind) if source.check else None
   if problem:
     raise ValueError(problem)
 

@@ -3,7 +3,7 @@
 `tfds.data_source` gives random access to array_record files without
 TensorFlow. It parses records with its own protos; `tfds.features.Image` is
 decoded by OpenCV or, failing that, Pillow, so real image datasets need one of
-them (`pip install big_contrast[data]` installs Pillow). Preparing a dataset
+them (Pillow is a dependency). Preparing a dataset
 is a separate step that does need TensorFlow to encode images:
 `tfds build NAME --file_format=array_record`.
 """

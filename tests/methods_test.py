@@ -140,7 +140,7 @@ def test_moco_v3_loss_is_two_tau_times_the_summed_directions():
   method, params, state = _init(c)
   rng = jax.random.PRNGKey(1)
   got, _ = jax.jit(method.loss)(params, state, _batch(), rng, jnp.int32(0))
-  (x1, x2), _ = method.views(jax.random.split(rng)[0], _batch()["image"])
+  (x1, x2), _ = method.views(jax.random.split(rng)[0], _batch())
   t = c.loss.temperature
   terms = []
   for xq, xk in ((x1, x2), (x2, x1)):
@@ -163,7 +163,7 @@ def test_moco_rejects_a_queue_that_does_not_hold_whole_batches():
 
 def test_multicrop_view_shapes():
   method, _, _ = _init(tiny_config("swav_digits"))
-  large, small = method.views(jax.random.PRNGKey(0), _batch()["image"])
+  large, small = method.views(jax.random.PRNGKey(0), _batch())
   assert [v.shape for v in large] == [(16, 8, 8, 3)] * 2
   assert [v.shape for v in small] == [(16, 4, 4, 3)] * 4
 
@@ -266,8 +266,8 @@ def test_per_view_augmentation_overrides():
   same = c.copy_and_resolve_references()
   same.augment_views = ()
   key, images = jax.random.PRNGKey(0), _batch()["image"]
-  (v0, v1), _ = method.views(key, images)
-  (w0, w1), _ = run_lib.build_method(same, SCHEDULE).views(key, images)
+  (v0, v1), _ = method.views(key, {"image": images})
+  (w0, w1), _ = run_lib.build_method(same, SCHEDULE).views(key, {"image": images})
   np.testing.assert_allclose(v1, w1)                # View 1 is untouched.
   unnormalize = lambda v: v * 0.5 + 0.5             # Digits recipes normalise with 0.5 / 0.5.
   np.testing.assert_allclose(unnormalize(v0), 1 - unnormalize(w0), atol=1e-5)  # Solarized.

@@ -145,7 +145,7 @@ def test_method_loss_is_nnclr_of_its_projections_and_fills_the_queue():
   loss, (new_state, _) = jax.jit(method.loss)(params, state, {"image": images}, rng, 0)
   @jax.jit
   def by_hand(params, state, images):  # The same numbers from the encoder's parts.
-    (x1, x2), _ = method.views(rng, images)
+    (x1, x2), _ = method.views(rng, {"image": images})
     variables = {"params": params, **state["model"]}
     h = method.model.apply(variables, jnp.concatenate([x1, x2]), train=True,
                            mutable=["batch_stats"], method=base.Encoder.encode)[0]

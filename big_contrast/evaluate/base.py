@@ -35,6 +35,15 @@ def evaluator(name, settings=None, data=(sources.IMAGES, sources.IMAGE_TEXT), ch
   return wrap
 
 
+def needs_labels(run):
+  """The check of evaluators that classify: the run's data must have classes."""
+  if not run.num_classes:
+    return (f"config.eval.evaluators {list(names(run.config))} classify, and "
+            f"config.data.name={run.config.data.name!r} has no class labels (captions only): "
+            "evaluate with ('retrieval',), or train on labelled data.")
+  return None
+
+
 def _serves(kind):
   return [n for n, e in EVALUATORS.items() if kind in e.data]
 

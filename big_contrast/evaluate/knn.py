@@ -33,7 +33,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, *, num_classes, k=20, tempera
   return jnp.mean(pred == test_y)
 
 
-@base.evaluator("knn", settings=dict(k=settings.integer(20, low=1),
+@base.evaluator("knn", check=base.needs_labels, settings=dict(k=settings.integer(20, low=1),
                                      temperature=settings.positive(0.07)))
 def knn(ctx, cfg):
   """k-NN top-1 of the backbone features: train split -> test split."""

@@ -47,7 +47,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, rng, *, num_classes,
   return jnp.mean(pred == test_y)
 
 
-@base.evaluator("linear_probe", settings=dict(
+@base.evaluator("linear_probe", check=base.needs_labels, settings=dict(
     epochs=settings.integer(90, low=1), batch_size=settings.integer(1024, low=1),
     lr=settings.positive(1e-2), weight_decay=settings.number(1e-4, low=0)))
 def linear_probe(ctx, cfg):

@@ -10,6 +10,7 @@ from big_contrast import augment
 from big_contrast import models
 from big_contrast import registry
 from big_contrast import settings
+from input_pipeline import decode
 from input_pipeline import sources
 
 METHODS = registry.Registry("method", "config.method")
@@ -99,23 +100,45 @@ class Method(abc.ABC):
     cfg.update(dict(overrides[i]))
     return cfg
 
-  def views(self, rng, images):
-    """`config.num_views` large views, then `config.multicrop.num_small` small ones.
+  def _view_augments(self):
+    """(large, small) augmentation configs, one per view.
 
-    Small crops use `config.augment` at `multicrop.crop_size` with
-    `multicrop.crop_scale` (SwAV's multi-crop). Each is [B, S, S, C], normalised.
+    Small crops use `config.augment` at `multicrop.crop_size` with `multicrop.crop_scale`
+    (SwAV's multi-crop).
     """
+    large = [self.view_augment(i) for i in range(self.config.num_views)]
     mc = self.config.get("multicrop", None)
-    num_small = mc.num_small if mc else 0
-    keys = jax.random.split(rng, self.config.num_views + num_small)
-    large = [augment.augment_batch(k, images, self.view_augment(i))
-             for i, k in enumerate(keys[:self.config.num_views])]
     small = []
-    if num_small:
+    if mc and mc.num_small:
       small_cfg = self.config.augment.copy_and_resolve_references()
       small_cfg.update(crop_size=mc.crop_size, crop_scale=tuple(mc.crop_scale))
-      small = [augment.augment_batch(k, images, small_cfg) for k in keys[self.config.num_views:]]
-    return [self.normalize(v) for v in large], [self.normalize(v) for v in small]
+      small = [small_cfg] * mc.num_small
+    return large, small
+
+  def view_specs(self):
+    """(large, small) crop geometry of the views, for sources that crop on the host."""
+    return tuple([decode.ViewSpec(c.crop_size, tuple(c.crop_scale), tuple(c.crop_ratio))
+                  for c in cfgs] for cfgs in self._view_augments())
+
+  def views(self, rng, batch):
+    """`config.num_views` large views, then `config.multicrop.num_small` small ones.
+
+    Each is [B, S, S, C], normalised. From batch["image"] the device crops every view;
+    batches of encoded sources carry "views" [B, V, S, S, C] (and "small_views") already
+    cropped at full resolution on the host, and the device applies the rest.
+    """
+    large_cfgs, small_cfgs = self._view_augments()
+    keys = jax.random.split(rng, len(large_cfgs) + len(small_cfgs))
+    host = "views" in batch
+
+    def view(key, cfg, name, i):
+      images = batch[name][:, i] if host else batch["image"]
+      return self.normalize(augment.augment_batch(key, images, cfg, crop=not host))
+
+    large = [view(k, c, "views", i) for i, (k, c) in enumerate(zip(keys, large_cfgs))]
+    small = [view(k, c, "small_views", i)
+             for i, (k, c) in enumerate(zip(keys[len(large_cfgs):], small_cfgs))]
+    return large, small
 
   def eval_view(self, images):
     """The deterministic evaluation view at the training crop size.

@@ -70,7 +70,7 @@ class ImageText(base.EmbeddingMethod):
     return params, {"model": variables}
 
   def inputs(self, batch, rng):
-    (images,), _ = self.views(rng, batch["image"])
+    (images,), _ = self.views(rng, batch)
     return {"image": images, "text": batch["text"]}
 
   def embed(self, params, state, inputs):

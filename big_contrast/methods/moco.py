@@ -116,7 +116,7 @@ class MoCo(base.Method):
   def loss(self, params, state, batch, rng, step):
     cfg = self.config.moco
     rng_views, rng_shuffle = jax.random.split(rng)
-    (x1, x2), _ = self.views(rng_views, batch["image"])
+    (x1, x2), _ = self.views(rng_views, batch)
     # (query view, key view) pairs; every view is its own forward pass, as in MoCo's code.
     pairs = [(x1, x2), (x2, x1)] if cfg.symmetric else [(x1, x2)]
     model_state, ema = state["model"], state["ema"]

@@ -53,7 +53,7 @@ class NNCLR(base.Method):
 
   def loss(self, params, state, batch, rng, step):
     del step
-    (x1, x2), _ = self.views(rng, batch["image"])
+    (x1, x2), _ = self.views(rng, batch)
     # One backbone pass over both views (BatchNorm over the 2N images, as SimCLR does).
     h, model_state = base.forward(self.model, params, state["model"], jnp.concatenate([x1, x2]),
                                   method=base.Encoder.encode)

@@ -37,7 +37,7 @@ class SimCLR(base.EmbeddingMethod):
     return params, {"model": model_state}
 
   def inputs(self, batch, rng):
-    large, small = self.views(rng, batch["image"])
+    large, small = self.views(rng, batch)
     return {"large": large, "small": small}
 
   def embed(self, params, state, inputs):

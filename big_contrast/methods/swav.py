@@ -63,7 +63,7 @@ class SwAV(base.Method):
   def loss(self, params, state, batch, rng, step):
     cfg = self.config.swav
     z, model_state = base.project_views(self.model, params["encoder"], state["model"],
-                                        *self.views(rng, batch["image"]))
+                                        *self.views(rng, batch))
     z = numerics.l2_normalize(z)                                    # [V, B, D]
     prototypes = params["prototypes"]
     prototypes = jnp.where(step < self.freeze_steps, jax.lax.stop_gradient(prototypes),

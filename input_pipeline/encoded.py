@@ -1,0 +1,120 @@
+"""Sources of encoded images decoded on the host at full resolution.
+
+Two readers give random access to records {"image": encoded bytes, "label", "captions",
+"key"}: an ImageFolder tree read in place (small trees) and a directory prepared by
+tools/prepare_data.py (array_record shards; any size). `EncodedImages` turns either into
+
+  [i]                 the evaluation example: {"image": uint8 [S, S, 3] (short side resized
+                      to S = data.image_size, centre crop), "label", "captions"?}
+  train_views(specs, i, rng)
+                      a training example: {"views": uint8 [V, s, s, 3], "small_views":
+                      uint8 [V', s', s', 3] (multi-crop; absent without), "label",
+                      "captions"?}: every view its own random-resized crop of the
+                      full-resolution image, from one decode (input_pipeline/decode.py)
+
+A record that does not decode is replaced by the next one that does (so shapes and batch
+sizes hold); each such record is logged with its key and counted in `skipped`.
+"""
+import os
+from typing import Sequence
+
+from absl import logging
+import numpy as np
+
+from input_pipeline import decode
+from input_pipeline import records
+
+# How far to look for a decodable replacement before declaring the data broken.
+_MAX_REPLACEMENTS = 64
+
+
+class FolderRecords:
+  """An ImageFolder split read in place. Files are only listed here (an ImageNet-size tree
+  lists in seconds); one that does not decode is replaced and counted when it is read."""
+
+  def __init__(self, split_dir: str, class_names: Sequence[str] | None = None):
+    self.paths, self.labels, self.class_names = records.list_image_folder(
+        split_dir, class_names)
+    self.root = split_dir
+    self.skipped = []
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict:
+    path = self.paths[index]
+    key = os.path.relpath(path, self.root)
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+    except OSError as e:
+      data = b""  # Unreadable: decoding fails and the record is replaced, naming the file.
+      logging.warning("Cannot read %s: %s", path, e)
+    return {"image": data, "label": self.labels[index], "captions": (), "key": key}
+
+
+class PreparedRecords:
+  """One split of a directory written by tools/prepare_data.py."""
+
+  def __init__(self, directory: str, split: str, manifest: dict | None = None):
+    import grain  # Only here: the embedded data needs no array_record.
+    manifest = manifest or records.read_manifest(directory)
+    self.class_names = tuple(manifest["class_names"])
+    self.has_captions = manifest["has_captions"]
+    self.skipped = manifest["splits"][split]["skipped"] if split in manifest["splits"] else []
+    self._source = grain.sources.ArrayRecordDataSource(
+        records.split_shards(directory, manifest, split))
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    return records.decode_record(self._source[index])
+
+
+class EncodedImages:
+  """See the module docstring. `reader`: FolderRecords or PreparedRecords."""
+
+  def __init__(self, reader, image_size: int, with_captions: bool = False):
+    self.reader = reader
+    self.image_size = image_size
+    self.with_captions = with_captions
+    self.class_names = reader.class_names
+    self.num_classes = len(reader.class_names)
+    self.skipped = list(reader.skipped)
+
+  def __len__(self) -> int:
+    return len(self.reader)
+
+  def _example(self, record: dict) -> dict:
+    out = {"label": np.int32(record["label"])}
+    if self.with_captions:
+      out["captions"] = record["captions"]
+    return out
+
+  def _decoded(self, index: int, fn):
+    """(fn(record), record) of the first record from `index` on whose image decodes."""
+    for offset in range(_MAX_REPLACEMENTS):
+      record = self.reader[(index + offset) % len(self)]
+      try:
+        return fn(record["image"]), record
+      except decode.DecodeError as e:
+        self.skipped.append({"path": record["key"], "reason": str(e)})
+        logging.warning("Record %r does not decode (%s): replaced by the next one (%d records "
+                        "skipped in this process so far).", record["key"], e, len(self.skipped))
+    raise records.DataError(f"{_MAX_REPLACEMENTS} records in a row from {index} do not decode; "
+                            "the data is broken: prepare it again with tools.prepare_data.")
+
+  def __getitem__(self, index: int) -> dict:
+    image, record = self._decoded(index, lambda data: decode.center_view(data, self.image_size))
+    return {"image": image, **self._example(record)}
+
+  def train_views(self, specs: tuple, index: int, rng: np.random.Generator) -> dict:
+    """`specs` = (large view specs, small view specs); see the module docstring."""
+    large, small = specs
+    views, record = self._decoded(
+        int(index), lambda data: decode.random_views(data, (*large, *small), rng))
+    out = {"views": np.stack(views[:len(large)]), **self._example(record)}
+    if small:
+      out["small_views"] = np.stack(views[len(large):])
+    return out

@@ -1,0 +1,172 @@
+"""The prepared-data format and the readers of the formats users hold.
+
+A prepared directory (tools/prepare_data.py writes it) holds, per split, array_record shards
+`<split>-00000-of-00008.array_record` whose records are msgpack maps
+
+  {"image": the ENCODED image bytes as found (JPEG, PNG, ...), "label": int (-1: none),
+   "captions": [str, ...] (possibly empty), "key": str (where the record came from)}
+
+and `manifest.json`: format name and version, the source format, class names, whether the
+records carry captions, and per split the example count, shards, counts per class and every
+skipped input with its path and reason. grain's ArrayRecordDataSource reads the shards with
+random access and no TensorFlow.
+
+The readers here list what a user's ImageFolder tree, webdataset tars and CSV files hold;
+they fail with a DataError naming the path and the fix.
+"""
+import csv
+import json
+import os
+import tarfile
+from typing import Iterator, Sequence
+
+import msgpack
+
+FORMAT = "big_contrast.prepared"
+VERSION = 1
+MANIFEST = "manifest.json"
+SOURCE_FORMATS = ("image_folder", "webdataset", "csv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+  """A dataset on disk is missing or not what the reader expects; the message says the fix."""
+
+
+def encode_record(image: bytes, label: int = -1, captions: Sequence[str] = (),
+                  key: str = "") -> bytes:
+  return msgpack.packb({"image": bytes(image), "label": int(label),
+                        "captions": list(captions), "key": key}, use_bin_type=True)
+
+
+def decode_record(data: bytes) -> dict:
+  record = msgpack.unpackb(data, raw=False)
+  record["captions"] = tuple(record["captions"])
+  return record
+
+
+def is_image_file(name: str) -> bool:
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_folder(split_dir: str, class_names: Sequence[str] | None = None):
+  """(paths, labels, class_names) of an ImageFolder split `split_dir/<class>/<image>`.
+
+  Labels are indices into the sorted class-folder names (torchvision's ImageFolder rule);
+  paths are sorted by class, then file name. Given `class_names` (the train split's), this
+  split's classes must be among them and keep their labels. Files whose extension is not an
+  image's are ignored.
+  """
+  if not os.path.isdir(split_dir):
+    raise DataError(f"{split_dir!r} is not a directory: an ImageFolder split holds one "
+                    "folder per class (<split>/<class>/<image>).")
+  with os.scandir(split_dir) as entries:
+    classes = sorted(e.name for e in entries if e.is_dir())
+  if not classes:
+    raise DataError(f"{split_dir!r} has no class folders: an ImageFolder split holds one "
+                    "folder per class (<split>/<class>/<image>).")
+  if class_names is None:
+    class_names = tuple(classes)
+  unknown = sorted(set(classes) - set(class_names))
+  if unknown:
+    raise DataError(f"{split_dir!r} has classes the train split lacks: {unknown[:5]}; every "
+                    "split's class folders must be among the train split's.")
+  label_of = {name: i for i, name in enumerate(class_names)}
+  paths, labels = [], []
+  for name in classes:
+    folder = os.path.join(split_dir, name)
+    with os.scandir(folder) as entries:  # is_file() from the directory entry: no stat.
+      files = sorted(e.name for e in entries if is_image_file(e.name) and e.is_file())
+    if not files:
+      raise DataError(f"Class folder {folder!r} holds no images (extensions "
+                      f"{', '.join(IMAGE_EXTENSIONS)}); remove it or add its images.")
+    paths += [os.path.join(folder, f) for f in files]
+    labels += [label_of[name]] * len(files)
+  return paths, labels, tuple(class_names)
+
+
+def webdataset_samples(tar_path: str) -> Iterator[dict]:
+  """The samples of one webdataset / img2dataset tar, in file order:
+  {"key", "image": bytes or None, "caption": str or None, "json": dict or None}.
+
+  Members are grouped by key (the name up to its first dot after the last '/').
+  """
+  current, sample = None, {}
+  try:
+    tar = tarfile.open(tar_path)
+  except (OSError, tarfile.TarError) as e:
+    raise DataError(f"Cannot read {tar_path!r} as a tar file ({e}).") from None
+  with tar:
+    for member in tar:
+      if not member.isfile():
+        continue
+      directory, _, base = member.name.rpartition("/")
+      stem, _, ext = base.partition(".")
+      key = f"{directory}/{stem}" if directory else stem
+      if key != current:
+        if sample:
+          yield _sample(current, sample)
+        current, sample = key, {}
+      sample[ext.lower()] = tar.extractfile(member).read()
+    if sample:
+      yield _sample(current, sample)
+
+
+def _sample(key: str, members: dict) -> dict:
+  image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+  caption = members.get("txt")
+  meta = members.get("json")
+  return {"key": key, "image": image,
+          "caption": caption.decode("utf-8").strip() if caption is not None else None,
+          "json": json.loads(meta) if meta else None}
+
+
+def csv_rows(path: str, image_key: str = "filepath", caption_key: str = "title",
+             separator: str = "\t") -> list[tuple[str, str]]:
+  """(image path, caption) rows of a CSV/TSV file (open_clip's --csv-img-key /
+  --csv-caption-key / --csv-separator); relative paths are relative to the file's folder."""
+  if not os.path.isfile(path):
+    raise DataError(f"CSV file {path!r} does not exist.")
+  root = os.path.dirname(os.path.abspath(path))
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f, delimiter=separator)
+    missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or ())]
+    if missing:
+      raise DataError(
+          f"{path!r} has no column {', '.join(map(repr, missing))}; its columns are "
+          f"{reader.fieldnames} (separator {separator!r}). Name them with --csv_image_key / "
+          "--csv_caption_key (or data.csv_image_key / data.csv_caption_key) and --csv_separator.")
+    return [(os.path.join(root, row[image_key]), row[caption_key]) for row in reader]
+
+
+def read_manifest(directory: str) -> dict:
+  """The manifest of a prepared directory, checked to be this format and version."""
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isdir(directory):
+    raise DataError(f"Prepared data directory {directory!r} does not exist; make it with "
+                    "`python -m tools.prepare_data --input=... --format=... --out=DIR`.")
+  if not os.path.isfile(path):
+    raise DataError(f"{directory!r} has no {MANIFEST}: it is not a prepared directory, or its "
+                    "preparation did not finish (run the same tools.prepare_data command again: "
+                    "it keeps the shards already written).")
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(f"Cannot read {path!r} ({e}); prepare the directory again.") from None
+  if manifest.get("format") != FORMAT:
+    raise DataError(f"{path!r} is not a manifest of tools.prepare_data (format "
+                    f"{manifest.get('format')!r}, expected {FORMAT!r}).")
+  if manifest.get("version") != VERSION:
+    raise DataError(f"{directory!r} was prepared by format version {manifest.get('version')}; "
+                    f"this code reads version {VERSION}: prepare it again with tools.prepare_data.")
+  return manifest
+
+
+def split_shards(directory: str, manifest: dict, split: str) -> list[str]:
+  """Paths of a prepared split's shards, in order."""
+  splits = manifest["splits"]
+  if split not in splits:
+    raise DataError(f"{directory!r} has no split {split!r}; it has {sorted(splits)} "
+                    "(set config.data.train_split / test_split).")
+  return [os.path.join(directory, name) for name in splits[split]["shards"]]

@@ -1,0 +1,262 @@
+"""Real photographs in the formats users hold: an ImageFolder read in place, and ImageFolder,
+webdataset tars and a CSV of captions prepared by tools/prepare_data.py; SimCLR and CLIP
+trained on them end to end."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from big_contrast import checkpoint
+from big_contrast import train
+from input_pipeline import decode
+from input_pipeline import encoded
+from input_pipeline import pipeline
+from input_pipeline import records
+from input_pipeline import sources
+from tests import photos
+from tests.conftest import tiny_config
+from tools import prepare_data
+
+LARGE, SMALL = [decode.ViewSpec(16)] * 2, [decode.ViewSpec(8, (0.05, 0.3))] * 3
+
+
+@pytest.fixture(name="folder", scope="module")
+def folder_fixture(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("photos"))
+  return root, photos.image_folder(root)
+
+
+@pytest.fixture(name="prepared", scope="module")
+def prepared_fixture(tmp_path_factory, folder):
+  """Each format prepared: {"image_folder" | "webdataset" | "csv": (out dir, what was made)}."""
+  base = tmp_path_factory.mktemp("prepared")
+  out = {"image_folder": (str(base / "folder"), folder[1])}
+  prepare_data.prepare("image_folder", folder[0], out["image_folder"][0], workers=2,
+                       shard_size=8, progress=False)
+  shards = photos.webdataset_shards(str(base / "wds_in"))
+  val = photos.webdataset_shards(str(base / "wds_val"), num_shards=1, broken=False)
+  out["webdataset"] = (str(base / "wds"), shards)
+  prepare_data.prepare("webdataset", str(base / "wds_in"), out["webdataset"][0], split="train",
+                       workers=2, progress=False)
+  prepare_data.prepare("webdataset", str(base / "wds_val"), out["webdataset"][0], split="val",
+                       workers=1, progress=False)
+  del val
+  table = photos.captions_csv(str(base / "csv_in"))
+  out["csv"] = (str(base / "csv"), table)
+  for split in ("train", "val"):
+    prepare_data.prepare("csv", table["csv"], out["csv"][0], split=split, workers=1,
+                         progress=False)
+  return out
+
+
+def _valid(info, split):
+  return sum(info["counts"][split].values())
+
+
+def _source(root, split="train", size=16):
+  return encoded.EncodedImages(encoded.FolderRecords(os.path.join(root, split)), size)
+
+
+def test_image_folder_lists_classes_sorted_and_ignores_other_files(folder):
+  root, info = folder
+  reader = encoded.FolderRecords(os.path.join(root, "train"))
+  assert reader.class_names == tuple(sorted(photos.CLASSES))
+  assert len(reader) == _valid(info, "train") + len(info["broken"])  # README.txt not listed.
+  for path, label in zip(reader.paths, reader.labels):
+    assert os.path.basename(os.path.dirname(path)) == reader.class_names[label]
+  val = encoded.FolderRecords(os.path.join(root, "val"), reader.class_names)
+  assert len(val) == _valid(info, "val")
+
+
+def test_broken_files_are_replaced_by_the_next_image_and_counted(folder):
+  root, info = folder
+  source = _source(root)
+  examples = [source[i] for i in range(len(source))]
+  assert all(e["image"].shape == (16, 16, 3) and e["image"].dtype == np.uint8
+             for e in examples)
+  assert sorted(s["path"] for s in source.skipped) == sorted(
+      os.path.relpath(p, "train") for p in info["broken"])
+  # Each broken file's slot holds its successor: no grey or black filler.
+  keys = [source.reader[i]["key"] for i in range(len(source))]
+  broken = {k for k in keys if os.path.join("train", k) in info["broken"]}
+  for i, key in enumerate(keys):
+    if key in broken:
+      j = next(j for j in range(i + 1, len(keys)) if keys[j] not in broken)
+      np.testing.assert_array_equal(examples[i]["image"], examples[j]["image"])
+
+
+def test_exif_rotated_photos_come_upright(folder):
+  root, info = folder
+  for rel, upright in info["upright"].items():
+    with open(os.path.join(root, rel), "rb") as f:
+      image = decode.decode(f.read())
+    assert image.shape == upright.shape, rel
+    assert np.abs(image.astype(float) - upright).mean() < 2.0, rel
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: os.path.join(root, "nope"), "is not a directory"),
+    (lambda root: os.makedirs(os.path.join(root, "s", "empty_class")) or
+     os.path.join(root, "s"), "holds no images"),
+    (lambda root: os.makedirs(os.path.join(root, "f")) or os.path.join(root, "f"),
+     "has no class folders"),
+])
+def test_image_folder_errors_name_the_path_and_the_fix(tmp_path, make, message):
+  with pytest.raises(records.DataError, match=message):
+    records.list_image_folder(make(str(tmp_path)))
+
+
+def test_a_split_with_a_class_the_train_split_lacks_is_refused(tmp_path):
+  for split, name in (("train", "a"), ("val", "b")):
+    os.makedirs(tmp_path / split / name)
+    (tmp_path / split / name / "x.jpg").write_bytes(photos.jpeg(16, 16))
+  train_classes = records.list_image_folder(str(tmp_path / "train"))[2]
+  with pytest.raises(records.DataError, match=r"classes the train split lacks: \['b'\]"):
+    records.list_image_folder(str(tmp_path / "val"), train_classes)
+
+
+def test_data_config_errors_come_before_anything_is_read(tmp_path, folder, prepared):
+  cfg = tiny_config(**{"data.name": "image_folder"}).data
+  with pytest.raises(ValueError, match="set config.data.path"):
+    sources.check(cfg, sources.IMAGES)
+  cfg.path = folder[0]
+  with pytest.raises(ValueError, match=r"test_split='test'.*holds \['train', 'val'\]"):
+    sources.check(cfg, sources.IMAGES)
+  cfg.update(name="prepared", path=str(tmp_path))
+  with pytest.raises(ValueError, match="no manifest.json"):
+    sources.check(cfg, sources.IMAGES)
+  cfg.update(path=prepared["image_folder"][0], test_split="val")
+  sources.check(cfg, sources.IMAGES)
+  with pytest.raises(ValueError, match="holds no captions"):
+    sources.check(cfg, sources.IMAGE_TEXT)
+
+
+def test_manifest_counts_examples_per_class_and_lists_skipped_files(prepared):
+  out, info = prepared["image_folder"]
+  manifest = records.read_manifest(out)
+  assert manifest["class_names"] == sorted(photos.CLASSES)
+  for split in ("train", "val"):
+    assert manifest["splits"][split]["num_examples"] == _valid(info, split)
+    assert manifest["splits"][split]["class_counts"] == info["counts"][split]
+  assert sorted(s["path"] for s in manifest["splits"]["train"]["skipped"]) == sorted(
+      info["broken"])
+  wds, made = prepared["webdataset"]
+  manifest = records.read_manifest(wds)
+  assert manifest["has_captions"] and manifest["splits"]["train"]["num_examples"] == made[
+      "num_valid"]
+  assert manifest["splits"]["train"]["num_skipped"] == len(made["broken_keys"]) + len(
+      made["no_caption_keys"])
+  csv_out, table = prepared["csv"]
+  assert records.read_manifest(csv_out)["splits"]["train"]["num_examples"] == table["num_valid"]
+
+
+def test_prepared_records_hold_the_original_bytes_in_input_order(folder, prepared):
+  root, _ = folder
+  reader = encoded.PreparedRecords(prepared["image_folder"][0], "val")
+  in_place = encoded.FolderRecords(os.path.join(root, "val"))
+  assert len(reader) == len(in_place)
+  for i in range(len(reader)):
+    assert reader[i]["image"] == in_place[i]["image"]
+    assert reader[i]["label"] == in_place[i]["label"]
+  captions = encoded.PreparedRecords(prepared["webdataset"][0], "train")
+  made = prepared["webdataset"][1]["captions"]
+  assert sorted(captions[i]["captions"][0] for i in range(len(captions))) == sorted(
+      made.values())
+
+
+def test_train_batches_crop_every_view_on_the_host_and_are_a_function_of_step(folder):
+  source = _source(folder[0])
+  batches = pipeline.train_batches(source, 8, seed=3, views=(LARGE, SMALL))
+  batch = batches[2]
+  assert batch["views"].shape == (8, 2, 16, 16, 3) and batch["views"].dtype == np.uint8
+  assert batch["small_views"].shape == (8, 3, 8, 8, 3)
+  assert not np.array_equal(batch["views"][:, 0], batch["views"][:, 1])
+  again = pipeline.train_batches(_source(folder[0]), 8, seed=3, views=(LARGE, SMALL))
+  resumed = next(again.iterate(start_step=2))
+  for key in batch:
+    np.testing.assert_array_equal(batch[key], resumed[key])
+
+
+class _Counting:
+  """An EncodedImages that records which rows it decodes."""
+
+  def __init__(self, source):
+    self.source, self.read = source, []
+
+  def __len__(self):
+    return len(self.source)
+
+  def train_views(self, specs, index, rng):
+    self.read.append(int(index))
+    return self.source.train_views(specs, index, rng)
+
+
+def test_each_process_reads_only_its_rows_and_together_they_make_the_global_batch(folder):
+  whole = _Counting(_source(folder[0]))
+  halves = [_Counting(_source(folder[0])) for _ in range(2)]
+  for step in range(3):
+    full = pipeline.train_batches(whole, 8, 0, views=(LARGE, []))[step]
+    parts = [pipeline.train_batches(h, 8, 0, p, 2, views=(LARGE, []))[step]
+             for p, h in enumerate(halves)]
+    np.testing.assert_array_equal(np.concatenate([p["views"] for p in parts]), full["views"])
+  assert not set(halves[0].read) & set(halves[1].read)
+  assert sorted(halves[0].read + halves[1].read) == sorted(whole.read)
+
+
+def _config(data, method="simclr_digits", **overrides):
+  return tiny_config(method, **{"data.image_size": 16, "augment.crop_size": 16,
+                                "data.test_split": "val", "total_steps": 3, **data,
+                                **overrides})
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("form", ["in_place", "prepared"])
+def test_simclr_trains_on_an_image_folder(tmp_path, folder, prepared, form):
+  data = ({"data.name": "image_folder", "data.path": folder[0]} if form == "in_place" else
+          {"data.name": "prepared", "data.path": prepared["image_folder"][0]})
+  result = train.train_and_evaluate(_config(data), str(tmp_path))
+  rows = [r for r in _rows(str(tmp_path)) if "loss" in r]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert all(np.isfinite(r["loss"]) and 0 <= r["data_wait_frac"] <= 1 for r in rows[1:])
+  # 12 val images of 3 classes: accuracies are multiples of 1/12.
+  for key in ("eval/knn_top1", "eval/linear_probe_top1"):
+    assert abs(result["final"][key] * 12 - round(result["final"][key] * 12)) < 1e-4
+
+
+@pytest.mark.parametrize("form", ["webdataset", "csv"])
+def test_clip_trains_on_prepared_captions(tmp_path, prepared, form):
+  config = _config({"data.name": "prepared", "data.path": prepared[form][0]}, "clip_digits",
+                   **{"eval.evaluators": ("retrieval",)})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == 3 and np.isfinite(_rows(str(tmp_path))[-2]["loss"])
+  pairs = records.read_manifest(prepared[form][0])["splits"]["val"]["num_examples"]
+  recall = [result["final"][f"eval/i2t_r@{k}"] for k in (1, 5, 10)]
+  assert recall == sorted(recall) and (pairs > 10 or recall[-1] == 1.0)
+  assert all(abs(r * pairs - round(r * pairs)) < 1e-4 for r in recall)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, folder, monkeypatch):
+  config = _config({"data.name": "image_folder", "data.path": folder[0]},
+                   **{"total_steps": 4, "eval.evaluators": ()})
+  whole = train.train_and_evaluate(config, str(tmp_path / "whole"))["train_state"]
+  save = checkpoint.Checkpointer.maybe_save
+
+  def crash_after_step_2(self, step, ts, force=False):
+    saved = save(self, step, ts, force)
+    if step == 2:
+      raise SystemExit("killed")
+    return saved
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "maybe_save", crash_after_step_2)
+  with pytest.raises(SystemExit):
+    train.train_and_evaluate(config, str(tmp_path / "crashed"))
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config, str(tmp_path / "crashed"))["train_state"]
+  for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
