@@ -25,7 +25,7 @@ class Checkpointer:
   `workdir/checkpoints`.
 
   The data position is the step itself: batches are indexed by step (see
-  input_pipeline.train_batches), so restoring the step restores the stream.
+  input_pipeline/pipeline.py), so restoring the step restores the stream.
   """
 
   def __init__(self, workdir: str, every_steps: int, keep: int):

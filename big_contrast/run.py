@@ -22,7 +22,7 @@ from big_contrast import methods
 from big_contrast import optim
 from big_contrast import run_config
 from big_contrast import sharding
-import input_pipeline
+from input_pipeline import pipeline
 from input_pipeline import sources
 from input_pipeline import tokenizers
 
@@ -100,8 +100,8 @@ class Run:
     return jax.jit(self.init, out_shardings=self.state_sharding)(self.init_rng)
 
   def train_batches(self):
-    """This process's rows of every global batch (input_pipeline.train_batches)."""
-    return input_pipeline.train_batches(
+    """This process's rows of every global batch (input_pipeline/pipeline.py)."""
+    return pipeline.train_batches(
         self.sources[0], self.config.batch_size, self.config.seed, jax.process_index(),
         jax.process_count(), num_workers=self.config.data.get("num_workers", 0),
         tokenizer=self.tokenizer, views=self.method.view_specs())
@@ -139,7 +139,7 @@ def setup(config, devices=None, train_size: int | None = None) -> Run:
   example = np.zeros((1, size, size, 3), np.uint8)
   if train_size is None:
     sources.check(config.data, cls.data)
-    train_src, test_src, num_classes = input_pipeline.get_sources(config.data)
+    train_src, test_src, num_classes = sources.get_sources(config.data)
     data, train_size = (train_src, test_src), len(train_src)
     example = np.asarray(train_src[0]["image"])[None]
   sched = schedule(config, train_size)

@@ -1,6 +1,6 @@
-"""Host-side input: data sources and grain pipelines of uint8 image batches."""
+"""Host-side input: data sources (sources.py), grain pipelines (pipeline.py), host decoding of
+encoded images (decode.py, encoded.py), the prepared-data format (records.py), tokenizers.
 
-from input_pipeline.pipeline import eval_batches, train_batches
-from input_pipeline.sources import get_sources
-
-__all__ = ["eval_batches", "get_sources", "train_batches"]
+Nothing is imported here, so tools that need one light module (tools/prepare_data.py needs
+decode and records) do not load grain, jax or tensorflow-datasets.
+"""

@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn import datasets
 
-import input_pipeline
+from input_pipeline import pipeline
+from input_pipeline import sources
 from input_pipeline import digits, resize, tfds_source
 
 
@@ -67,7 +68,7 @@ def test_digits_split_is_a_fixed_stratified_partition():
 
 
 def test_digits_source_dtypes_and_shapes():
-  train, test, num_classes = input_pipeline.get_sources(data_config())
+  train, test, num_classes = sources.get_sources(data_config())
   assert (len(train), len(test), num_classes) == (1437, 360, 10)
   example = train[0]
   assert example["image"].shape == (32, 32, 3)
@@ -80,14 +81,14 @@ def test_digits_source_dtypes_and_shapes():
 
 def test_unknown_dataset_name_raises():
   with pytest.raises(ValueError, match=r"config\.data\.name.*digits.*tfds"):
-    input_pipeline.get_sources(data_config(name="cifar"))
+    sources.get_sources(data_config(name="cifar"))
 
 
 def test_tfds_source_with_mock_data():
   # mock_data's data_source returns generated, already decoded examples: it
   # checks the plumbing (names, splits, resize, dtypes) without any files.
   with tfds.testing.mock_data(num_examples=5):
-    train, test, num_classes = input_pipeline.get_sources(data_config(
+    train, test, num_classes = sources.get_sources(data_config(
         name="tfds", tfds_name="mnist", image_size=16))
     example = test[4]
   assert (len(train), len(test), num_classes) == (5, 5, 10)
@@ -167,11 +168,11 @@ def labels(batches, steps):
 
 def test_train_batches_shapes_and_determinism():
   source = digits.source("train")
-  batch = input_pipeline.train_batches(source, 16, seed=0)[3]
+  batch = pipeline.train_batches(source, 16, seed=0)[3]
   assert batch["image"].shape == (16, 32, 32, 3)
   assert batch["image"].dtype == np.uint8
   assert batch["label"].dtype == np.int32
-  a, b, c = (input_pipeline.train_batches(index_source(10), 4, seed)
+  a, b, c = (pipeline.train_batches(index_source(10), 4, seed)
              for seed in (0, 0, 1))
   np.testing.assert_array_equal(labels(a, range(8)), labels(b, range(8)))
   assert not np.array_equal(labels(a, range(8)), labels(c, range(8)))
@@ -179,7 +180,7 @@ def test_train_batches_shapes_and_determinism():
 
 def test_every_epoch_is_a_fresh_permutation():
   # Batches of 4 over 10 examples straddle epochs; nothing is dropped.
-  batches = input_pipeline.train_batches(index_source(10), 4, seed=0)
+  batches = pipeline.train_batches(index_source(10), 4, seed=0)
   epochs = labels(batches, range(10)).reshape(4, 10)
   for epoch in epochs:
     np.testing.assert_array_equal(np.sort(epoch), np.arange(10))
@@ -188,7 +189,7 @@ def test_every_epoch_is_a_fresh_permutation():
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_iterate_resumes_exactly_at_any_step(num_workers):
-  batches = input_pipeline.train_batches(
+  batches = pipeline.train_batches(
       index_source(10), 4, seed=0, num_workers=num_workers)
   iterator = batches.iterate(start_step=7)
   for step in range(7, 12):
@@ -199,10 +200,10 @@ def test_iterate_resumes_exactly_at_any_step(num_workers):
 @pytest.mark.parametrize("global_batch_size,process_count", [(4, 2), (6, 3)])
 def test_process_slices_concatenate_to_the_global_batch(global_batch_size,
                                                         process_count):
-  global_batches = input_pipeline.train_batches(
+  global_batches = pipeline.train_batches(
       index_source(10), global_batch_size, seed=3)
   local_batches = [
-      input_pipeline.train_batches(index_source(10), global_batch_size, seed=3,
+      pipeline.train_batches(index_source(10), global_batch_size, seed=3,
                                    process_index=p, process_count=process_count)
       for p in range(process_count)]
   for step in range(6):
@@ -213,9 +214,9 @@ def test_process_slices_concatenate_to_the_global_batch(global_batch_size,
 
 def test_indivisible_batch_size_raises():
   with pytest.raises(ValueError, match=r"config\.batch_size=5.*process count 2"):
-    input_pipeline.train_batches(index_source(10), 5, seed=0, process_count=2)
+    pipeline.train_batches(index_source(10), 5, seed=0, process_count=2)
   with pytest.raises(ValueError, match=r"config\.batch_size"):
-    input_pipeline.eval_batches(index_source(10), 5, process_count=2)
+    pipeline.eval_batches(index_source(10), 5, process_count=2)
 
 
 # Evaluation batches.
@@ -223,7 +224,7 @@ def test_indivisible_batch_size_raises():
 
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_pass_covers_every_example_once_in_order(process_count):
-  per_process = [list(input_pipeline.eval_batches(
+  per_process = [list(pipeline.eval_batches(
       index_source(10), 4, process_index=p, process_count=process_count))
                  for p in range(process_count)]
   assert len({len(batches) for batches in per_process}) == 1

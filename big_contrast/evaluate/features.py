@@ -4,7 +4,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from big_contrast import sharding
-import input_pipeline
+from input_pipeline import pipeline
 
 
 def extract(features_fn, source, mesh, batch_size, key="image", tokenizer=None):
@@ -15,7 +15,7 @@ def extract(features_fn, source, mesh, batch_size, key="image", tokenizer=None):
   process, with the padding of the last batch removed.
   """
   feats, labels = [], []
-  for local in input_pipeline.eval_batches(source, batch_size, jax.process_index(),
+  for local in pipeline.eval_batches(source, batch_size, jax.process_index(),
                                            jax.process_count(), tokenizer):
     batch = sharding.global_batch(local, mesh)
     out = features_fn(batch[key])
