@@ -35,7 +35,9 @@ class FolderRecords:
   def __init__(self, split_dir: str, class_names: Sequence[str] | None = None):
     self.paths, self.labels, self.class_names = records.list_image_folder(
         split_dir, class_names)
-    self.root = split_dir
+    # Keys name files relative to the ImageFolder root (train/<class>/<file>), as the manifest
+    # of a prepared copy does.
+    self.root = os.path.dirname(os.path.normpath(split_dir))
     self.skipped = []
 
   def __len__(self):
@@ -81,7 +83,8 @@ class EncodedImages:
     self.with_captions = with_captions
     self.class_names = reader.class_names
     self.num_classes = len(reader.class_names)
-    self.skipped = list(reader.skipped)
+    self.skipped = list(reader.skipped)  # Each undecodable record once.
+    self._skipped_keys = {s["path"] for s in self.skipped}
 
   def __len__(self) -> int:
     return len(self.reader)
@@ -99,6 +102,9 @@ class EncodedImages:
       try:
         return fn(record["image"]), record
       except decode.DecodeError as e:
+        if record["key"] in self._skipped_keys:
+          continue
+        self._skipped_keys.add(record["key"])
         self.skipped.append({"path": record["key"], "reason": str(e)})
         logging.warning("Record %r does not decode (%s): replaced by the next one (%d records "
                         "skipped in this process so far).", record["key"], e, len(self.skipped))

@@ -243,7 +243,7 @@ BACKBONE_PARAMS = {
 def test_every_recipe_builds_its_method_and_model(recipe):
   """Paper-scale recipes cannot run here; their method, optimizer and shapes are checked."""
   c = importlib.import_module(f"configs.{recipe}").get_config()
-  if "text" in c and c.text.tokenizer.name == "sentencepiece":  # Needs the user's model file.
+  if "text" in c and c.text.tokenizer.name in ("sentencepiece", "clip_bpe"):  # A user's file.
     c.text.tokenizer.name = "bytes"
   method = run_lib.build_method(c, methods.Schedule(total_steps=1000, steps_per_epoch=10))
   size = c.data.image_size
