@@ -135,7 +135,7 @@ def csv_rows(path: str, image_key: str = "filepath", caption_key: str = "title",
       raise DataError(
           f"{path!r} has no column {', '.join(map(repr, missing))}; its columns are "
           f"{reader.fieldnames} (separator {separator!r}). Name them with --csv_image_key / "
-          "--csv_caption_key (or data.csv_image_key / data.csv_caption_key) and --csv_separator.")
+          "--csv_caption_key and --csv_separator.")
     return [(os.path.join(root, row[image_key]), row[caption_key]) for row in reader]
 
 

@@ -10,7 +10,8 @@
 Writes DIR/<split>-00000-of-00008.array_record shards of the records and DIR/manifest.json that
 input_pipeline/records.py describes (train with config.data.name='prepared', data.path=DIR).
   image_folder  ROOT/<split>/<class>/<image> for each of --splits that exists; the first split
-                (train) sets the class names, the others use them. No captions.
+                (train) sets the class names, the others use them (splits already in DIR keep
+                theirs). No captions.
   webdataset    img2dataset / webdataset tars (a directory of *.tar, a glob, or a brace pattern,
                 several joined by '::'): one output shard per tar; the caption is the .txt.
   csv           open_clip's captions CSV/TSV: image paths (relative to the file's folder) and
@@ -25,11 +26,10 @@ written last from the sidecars. Running the same command again resumes: finished
 kept, the rest redone. The output does not depend on --workers.
 """
 import argparse
+import concurrent.futures
 import fcntl
 import glob
 import hashlib
-import importlib
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -37,46 +37,36 @@ import re
 import signal
 import sys
 import tarfile
+import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
 from array_record.python import array_record_module
 
+from input_pipeline import decode
+from input_pipeline import records
 
-def _light_import(name: str):
-  """input_pipeline.<name>, without running input_pipeline/__init__.py when the package is
-  not loaded yet: it imports the training pipeline (grain, jax), seconds of start-up in every
-  worker, and this tool needs neither."""
-  full = f"input_pipeline.{name}"
-  if full in sys.modules or "input_pipeline" in sys.modules:
-    return importlib.import_module(full)
-  package = importlib.util.find_spec("input_pipeline")
-  spec = importlib.util.spec_from_file_location(
-      full, os.path.join(package.submodule_search_locations[0], name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[full] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-records = _light_import("records")
-decode = _light_import("decode")
 DataError = records.DataError
 
 # One record per chunk: random access reads just that record.
 WRITER_OPTIONS = "group_size:1"
 _TAR_IMAGES = ("jpg", "jpeg", "png", "webp")  # The members records.webdataset_samples reads.
-
-
 _SPLIT_NAME = re.compile(r"[\w.-]+")  # It starts the shards' file names.
 
 
 def _shard_pattern(split: str):
-  return re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.(array_record|json)(\.tmp)?")
+  """Matches the file names of a split's shards and sidecars, finished or not."""
+  return re.compile(f"(?P<name>{re.escape(split)}-\\d{{5}}-of-\\d{{5}})"
+                    r"\.(array_record|json)(?P<tmp>\.tmp)?")
 
 
 def _fingerprint(value) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _chunks(items, size):
+  return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _stat(path: str):
@@ -162,8 +152,9 @@ def _scan_tar(path: str) -> dict:
         images += ext in _TAR_IMAGES
         has_text |= ext == "txt"
   except (OSError, tarfile.TarError) as e:
-    raise DataError(f"Cannot read {path!r} as a tar file ({e}); download it again or leave it "
-                    "out of --input.") from None
+    why = " ".join(str(e).split())  # tarfile's message for an unknown file spans lines.
+    raise DataError(f"Cannot read {path!r} as a tar file ({why}); download it again or leave "
+                    "it out of --input.") from None
   if images and not has_text:
     raise DataError(f"{path!r} holds images but no .txt captions; webdataset preparation is for "
                     "image-text pairs (<key>.jpg with <key>.txt, as img2dataset writes them): "
@@ -182,34 +173,34 @@ def _plan_image_folder(root, splits, existing):
     raise DataError(f"{root!r} has none of the split folders {list(splits)}; it holds "
                     f"{folders[:8]}: pass --splits naming them (if those are class folders, "
                     "--input is their split folder: pass its parent).")
-  class_names = None
+  # Splits already prepared and not written now keep their labels: their class names rule.
   others = [s for s in (existing or {}).get("splits", {}) if s not in present]
-  if others and present[0] != splits[0]:
-    class_names = tuple(existing["class_names"])  # The train split already prepared sets them.
+  class_names = tuple(existing["class_names"]) if others else None
   plans = []
   for split in present:
-    paths, labels, names = records.list_image_folder(os.path.join(root, split), class_names)
+    try:
+      paths, labels, names = records.list_image_folder(os.path.join(root, split), class_names)
+    except DataError as e:
+      if not others:
+        raise
+      raise DataError(f"{e} (The classes are those of the splits {others} already in --out; "
+                      "to change them, prepare every split again with --overwrite.)") from None
     class_names = class_names or names
     items = [(p, label, os.path.relpath(p, root).replace(os.sep, "/"))
              for p, label in zip(paths, labels)]
     plans.append((split, items, class_names))
-  if others and tuple(existing["class_names"]) != class_names:
-    raise DataError(f"The prepared splits {others} of the output directory have the classes "
-                    f"{existing['class_names'][:5]}..., {os.path.join(root, present[0])!r} has "
-                    f"{list(class_names[:5])}...: prepare into another --out, or every split "
-                    "again with --overwrite.")
   return plans
 
 
 def _plan_csv(path, image_key, caption_key, separator):
-  """[(split-less items)]: (path, caption, key), key relative to the CSV's folder."""
+  """(path, caption, key) per row; the key is the path relative to the CSV's folder."""
   rows = records.csv_rows(path, image_key, caption_key, separator)
   if not rows:
     raise DataError(f"{path!r} has a header but no rows.")
   root = os.path.dirname(os.path.abspath(path)) + os.sep
   items = [(p, c, p[len(root):] if p.startswith(root) else p) for p, c in rows]
   if not any(os.path.isfile(p) for p, _, _ in items):
-    raise DataError(f"None of the {len(items)} images {path!r} lists exists (the first: "
+    raise DataError(f"No image that {path!r} lists exists ({len(items)} rows, the first "
                     f"{items[0][0]!r}); its paths are relative to the CSV file's folder.")
   return items
 
@@ -239,7 +230,7 @@ def _read(path: str):
 
 
 def _inputs(task):
-  """(path, image bytes, label, captions, key, reason to skip or None) of a shard's inputs."""
+  """(image bytes, label, captions, key, reason to skip or None) of a shard's inputs."""
   source = task["source"]
   if source in ("image_folder", "csv"):
     for path, value, key in task["items"]:
@@ -247,7 +238,7 @@ def _inputs(task):
       label, captions = (value, ()) if source == "image_folder" else (-1, (value,))
       if reason is None and source == "csv" and not value.strip():
         reason = "no caption"
-      yield path, data, label, captions, key, reason
+      yield data, label, captions, key, reason
     return
   tar, base = task["tar"], os.path.basename(task["tar"])
   try:
@@ -255,11 +246,11 @@ def _inputs(task):
       caption = sample["caption"]
       reason = ("no image" if sample["image"] is None else
                 "no caption" if not caption else None)
-      yield (f"{tar}/{sample['key']}", sample["image"], -1, (caption,) if caption else (),
-             f"{base}/{sample['key']}", reason)
+      yield (sample["image"], -1, (caption,) if caption else (), f"{base}/{sample['key']}",
+             reason)
   except (OSError, tarfile.TarError, ValueError) as e:
     # A truncated tar or an undecodable member ends the reading: say where, keep the rest.
-    yield tar, None, -1, (), base, f"cannot read the rest of the tar: {e}"
+    yield None, -1, (), base, f"cannot read the rest of the tar: {e}"
 
 
 def _write_shard(task, report) -> None:
@@ -270,11 +261,12 @@ def _write_shard(task, report) -> None:
   class_names = task["class_names"]
   count, class_counts, skipped = 0, dict.fromkeys(class_names, 0), []
   writer = array_record_module.ArrayRecordWriter(shard + ".tmp", WRITER_OPTIONS)
+  finished = False
   try:
-    for path, data, label, captions, key, reason in _inputs(task):
+    for data, label, captions, key, reason in _inputs(task):
       reason = reason or _check_image(data)
-      if reason:
-        skipped.append({"path": path, "reason": reason})
+      if reason:  # Named as the input names it (a path relative to --input), to the byte.
+        skipped.append({"path": key, "reason": reason})
       else:
         writer.write(records.encode_record(data, label, captions, key))
         count += 1
@@ -291,9 +283,11 @@ def _write_shard(task, report) -> None:
     _fsync(shard + ".tmp")
     os.replace(shard + ".tmp", shard)
     os.replace(sidecar + ".tmp", sidecar)
+    finished = True
   finally:
-    if writer is not None:  # Failed or interrupted: leave no partial shard.
+    if writer is not None:
       writer.close()
+    if not finished:  # Failed or interrupted: leave no partial shard.
       for path in (shard + ".tmp", sidecar + ".tmp"):
         _remove(path)
 
@@ -321,6 +315,15 @@ def _init_worker(counter):
   _counter = counter
   # Ctrl-C reaches the whole process group: the parent alone decides, and stops the pool.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent):
+  # A killed parent leaves its workers waiting on its task queue forever: end them (the shard
+  # being written stays a .tmp file, which the next run removes).
+  while os.getppid() == parent:
+    time.sleep(1)
+  os._exit(1)
 
 
 def _report(n):
@@ -415,47 +418,65 @@ def _split_entry(out, tasks) -> dict:
   return entry
 
 
+def _pool(workers, counter=None):
+  # spawn: a fresh interpreter per worker, never a fork of a process holding threads (JAX's,
+  # grain's). Unlike multiprocessing.Pool, an executor fails (BrokenProcessPool) when a worker
+  # dies, out of memory say, instead of waiting for its shard forever.
+  return concurrent.futures.ProcessPoolExecutor(
+      workers, multiprocessing.get_context("spawn"), _init_worker, (counter,))
+
+
+def _stop(executor):
+  """Ends the workers now, mid-shard (ProcessPoolExecutor.terminate_workers from Python 3.14)."""
+  if hasattr(executor, "terminate_workers"):
+    executor.terminate_workers()
+    return
+  for process in list((getattr(executor, "_processes", None) or {}).values()):
+    process.terminate()
+  executor.shutdown(wait=True, cancel_futures=True)
+
+
 def _run(tasks, sizes, done_inputs, workers, progress):
   """Writes the shards of `tasks` (sizes: inputs per task) with a progress bar over inputs."""
   from tqdm import tqdm
-  total = done_inputs + sum(sizes)
-  with tqdm(total=total, initial=done_inputs, unit="img", disable=not progress,
-            dynamic_ncols=True, smoothing=0.05) as bar:
+  with tqdm(total=done_inputs + sum(sizes), initial=done_inputs, unit="img",
+            disable=not progress, dynamic_ncols=True, smoothing=0.05) as bar:
     if workers <= 1 or len(tasks) <= 1:
       for task in tasks:
         _write_shard(task, bar.update)
       return
-    context = multiprocessing.get_context("spawn")  # No fork of a process that holds threads.
-    counter = context.Value("q", 0)
-    pool = context.Pool(min(workers, len(tasks)), _init_worker, (counter,))
+    counter = multiprocessing.get_context("spawn").Value("q", 0)
+    executor = _pool(min(workers, len(tasks)), counter)
     try:
-      results = pool.imap_unordered(_shard_in_worker, tasks)
-      for _ in tasks:
-        while True:
-          try:
-            results.next(timeout=0.2)
-            break
-          except multiprocessing.TimeoutError:
-            bar.update(done_inputs + counter.value - bar.n)
+      running = {executor.submit(_shard_in_worker, task) for task in tasks}
+      while running:
+        finished, running = concurrent.futures.wait(
+            running, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in finished:
+          future.result()  # A worker's error stops the run.
         bar.update(done_inputs + counter.value - bar.n)
-      pool.close()
     except BaseException:
-      pool.terminate()  # Workers die mid-shard: their .tmp files are removed below.
+      _stop(executor)  # Workers die mid-shard: the caller removes their .tmp files.
       raise
-    finally:
-      pool.join()
+    executor.shutdown()
 
 
 def _scan(paths, workers):
   if workers <= 1 or len(paths) <= 1:
     return [_scan_tar(p) for p in paths]
-  context = multiprocessing.get_context("spawn")
-  with context.Pool(min(workers, len(paths)), _init_worker, (None,)) as pool:
-    return pool.map(_scan_tar, paths)
+  executor = _pool(min(workers, len(paths)))
+  try:
+    return list(executor.map(_scan_tar, paths))
+  except BaseException:
+    _stop(executor)
+    raise
+  finally:
+    executor.shutdown()
 
 
-def prepare(format: str, input: str, out: str, splits: Sequence[str] = ("train", "val"),  # pylint: disable=redefined-builtin
-            split: str = "train", workers: int | None = None, shard_size: int = 1024,
+def prepare(format: str, input: str, out: str,  # pylint: disable=redefined-builtin
+            splits: Sequence[str] = ("train", "val"), split: str = "train",
+            workers: int | None = None, shard_size: int = 1024,
             csv_image_key: str = "filepath", csv_caption_key: str = "title",
             csv_separator: str | None = None, overwrite: bool = False,
             progress: bool = True) -> dict:
@@ -477,33 +498,26 @@ def prepare(format: str, input: str, out: str, splits: Sequence[str] = ("train",
       raise ValueError(f"Split name {name!r}: letters, digits, '_', '.' and '-' only.")
   existing = _existing_manifest(out, format)
 
-  # Every input of every split, in order, cut into shards; nothing is written yet.
+  # Every input of every split, in input order, cut into shards; nothing is written yet.
   tasks_of, class_names = {}, ()
   if format == "image_folder":
     for name, items, class_names in _plan_image_folder(input, splits, existing):
-      num = -(-len(items) // shard_size)
-      tasks_of[name] = [{"items": items[i * shard_size:(i + 1) * shard_size]}
-                        for i in range(num)]
-    for tasks in tasks_of.values():
-      for task in tasks:
-        task["key"] = [[key, label, *_stat(path)] for path, label, key in task["items"]]
+      tasks_of[name] = [{"items": c} for c in _chunks(items, shard_size)]
   elif format == "csv":
     separator = csv_separator or ("\t" if input.lower().endswith(".tsv") else ",")
     items = _plan_csv(input, csv_image_key, csv_caption_key, separator)
-    num = -(-len(items) // shard_size)
-    tasks_of[split] = [{"items": items[i * shard_size:(i + 1) * shard_size]} for i in range(num)]
-    for task in tasks_of[split]:
-      task["key"] = [[key, caption, *_stat(path)] for path, caption, key in task["items"]]
+    tasks_of[split] = [{"items": c} for c in _chunks(items, shard_size)]
   else:
-    tasks_of[split] = [{"tar": path, "key": [os.path.basename(path), *_stat(path)]}
-                       for path in tar_paths(input)]
+    tasks_of[split] = [{"tar": path} for path in tar_paths(input)]
   for name, tasks in tasks_of.items():
     for i, task in enumerate(tasks):
-      key = task.pop("key")
+      # What the shard holds, to the byte as far as sizes and times tell: a resume keeps it.
+      what = ([os.path.basename(task["tar"]), *_stat(task["tar"])] if "tar" in task else
+              [[key, value, *_stat(path)] for path, value, key in task["items"]])
       task.update(source=format, out=out, name=f"{name}-{i:05d}-of-{len(tasks):05d}",
                   class_names=list(class_names),
                   inputs=_fingerprint([records.VERSION, format, i, len(tasks),
-                                       list(class_names), key]))
+                                       list(class_names), what]))
 
   replace = []
   for name, tasks in tasks_of.items():
@@ -529,14 +543,16 @@ def prepare(format: str, input: str, out: str, splits: Sequence[str] = ("train",
 
   os.makedirs(out, exist_ok=True)
   if replace:  # Out of the manifest first, so that it never names a deleted shard.
-    _update_manifest(out, format, lambda m: [m["splits"].pop(s) for s in replace])
+    def drop(manifest):
+      for name in replace:
+        del manifest["splits"][name]
+    _update_manifest(out, format, drop)
   names = {t["name"] for tasks in tasks_of.values() for t in tasks}
   for name in tasks_of:
     pattern = _shard_pattern(name)
     for file in os.listdir(out):
-      stem = file.split(".")[0]
-      if pattern.fullmatch(file) and (file.endswith(".tmp") or stem not in names
-                                      or name in replace):
+      m = pattern.fullmatch(file)
+      if m and (m["tmp"] or m["name"] not in names or name in replace):
         _remove(os.path.join(out, file))
 
   todo, sizes, done_inputs = [], [], 0
@@ -577,8 +593,10 @@ def summary(manifest: dict, out: str, splits: Sequence[str], show: int = 5) -> s
     entry = manifest["splits"].get(name)
     if entry is None:
       continue
-    lines.append(f"{name}: {entry['num_examples']} examples in {len(entry['shards'])} shards, "
-                 f"{entry['num_skipped']} skipped" + (":" if entry["skipped"] else ""))
+    shards = len(entry["shards"])
+    lines.append(f"{name}: {entry['num_examples']} examples in {shards} "
+                 f"shard{'s' * (shards != 1)}, {entry['num_skipped']} skipped"
+                 + (":" if entry["skipped"] else ""))
     for s in entry["skipped"][:show]:
       lines.append(f"  {s['path']}: {s['reason']}")
     if entry["num_skipped"] > show:
@@ -632,13 +650,17 @@ def main(argv=None):
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
+  except BrokenProcessPool as e:
+    print(f"error: a worker process died ({e}); the finished shards are kept: run the same "
+          "command again, with fewer --workers if memory ran out.", file=sys.stderr)
+    raise SystemExit(1) from None
   except KeyboardInterrupt:
     print("interrupted: the finished shards are kept; run the same command again to resume.",
           file=sys.stderr)
     raise SystemExit(130) from None
   written = splits if args.format == "image_folder" else [args.split]
   print(summary(manifest, args.out, written))
-  print(f"({time.time() - start:.1f} s)")
+  print(f"done in {time.time() - start:.1f} s")
 
 
 if __name__ == "__main__":
