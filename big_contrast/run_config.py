@@ -47,10 +47,10 @@ RUN_SETTINGS = dict(
 )
 
 # What may change when a run resumes: how long it runs and how it is observed, laid out or
-# fed. Anything else changes what the checkpointed state means.
+# fed, and where its data is mounted. Anything else changes what the checkpointed state means.
 RESUMABLE = ("total_steps", "num_epochs", "log_every_steps", "eval", "checkpoint", "mesh",
-             "sharding", "micro_batches", "data.num_workers", "data.data_dir", "init_from",
-             "nonfinite")
+             "sharding", "micro_batches", "data.num_workers", "data.data_dir", "data.path",
+             "init_from", "nonfinite")
 
 
 def declared(method: str) -> dict:

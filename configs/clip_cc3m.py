@@ -12,9 +12,9 @@ A CSV of (filepath, title) prepares the same way (`--format=csv --input=train.cs
 open_clip's other input. Softmax CLIP (Radford et al. 2021, arXiv:2103.00020) with open_clip's
 CC3M settings where they apply to ViT-B/16: global batch 1024, AdamW lr 1e-3, β2 = 0.98,
 weight decay 0.1, about 10k warmup steps (3.5 epochs), cosine, 30 epochs; CLIP's BPE at 77
-tokens with a causal text transformer. Views: one random-resized crop of 90-100% area per
-pair, cut from the full-resolution image on the host. Evaluation: image-text retrieval on the
-val split. Not yet run with this codebase (no CC3M or accelerator here).
+tokens with a causal text transformer of width 512, class-token image pooling, a 512-d joint
+space. Views: one random-resized crop of 90-100% area per pair, cut from the full-resolution
+image on the host. Evaluation: image-text retrieval on the val split. Not yet run with this codebase (no CC3M or accelerator here).
 """
 from configs import siglip_b16
 
@@ -27,7 +27,10 @@ def get_config(arg=None):
   c.data.update(name="prepared", train_split="train", test_split="val", image_size=224,
                 num_workers=16)
   c.text.tokenizer.update(name="clip_bpe", length=77, path="")
-  c.model.text.update(causal=True)
+  # CLIP ViT-B/16's towers: class-token pooling, a 512-wide causal text transformer.
+  c.model.image.pool = "cls"
+  c.model.text.update(width=512, heads=8, causal=True)
+  c.model.embed_dim = 512
   c.model.temperature_init = 1 / 0.07
   c.optimizer.update(lr=1e-3, weight_decay=0.1, b2=0.98, warmup_epochs=3.5)
   c.eval.update(evaluators=("retrieval",), batch_size=1024)

@@ -89,7 +89,7 @@ def webdataset_samples(tar_path: str) -> Iterator[dict]:
   """The samples of one webdataset / img2dataset tar, in file order:
   {"key", "image": bytes or None, "caption": str or None, "json": dict or None}.
 
-  Members are grouped by key (the name up to its first dot after the last '/').
+  Members are grouped by key (member_key).
   """
   current, sample = None, {}
   try:
@@ -100,20 +100,29 @@ def webdataset_samples(tar_path: str) -> Iterator[dict]:
     for member in tar:
       if not member.isfile():
         continue
-      directory, _, base = member.name.rpartition("/")
-      stem, _, ext = base.partition(".")
-      key = f"{directory}/{stem}" if directory else stem
+      key, ext = member_key(member.name)
       if key != current:
         if sample:
           yield _sample(current, sample)
         current, sample = key, {}
-      sample[ext.lower()] = tar.extractfile(member).read()
+      sample[ext] = tar.extractfile(member).read()
     if sample:
       yield _sample(current, sample)
 
 
+TAR_IMAGES = ("jpg", "jpeg", "png", "webp")  # The image members of a webdataset sample.
+
+
+def member_key(name: str) -> tuple[str, str]:
+  """(sample key, lower-case extension) of a tar member: webdataset's grouping, the name up to
+  its first dot after the last '/'."""
+  directory, _, base = name.rpartition("/")
+  stem, _, ext = base.partition(".")
+  return (f"{directory}/{stem}" if directory else stem), ext.lower()
+
+
 def _sample(key: str, members: dict) -> dict:
-  image = next((members[e] for e in ("jpg", "jpeg", "png", "webp") if e in members), None)
+  image = next((members[e] for e in TAR_IMAGES if e in members), None)
   caption = members.get("txt")
   meta = members.get("json")
   return {"key": key, "image": image,

@@ -53,7 +53,7 @@ def _check_data_dir(cfg, kind):
   data_dir = cfg.get("data_dir")
   if data_dir and not os.path.isdir(data_dir):
     return (f"config.data.data_dir={data_dir!r} does not exist; point it at the directory "
-            "`tfds build --data_dir=...` prepared (README, Data).")
+            "`tfds build --data_dir=...` prepared (README, Your own data).")
   return None
 
 

@@ -3,6 +3,7 @@ webdataset tars and a CSV of captions prepared by tools/prepare_data.py; SimCLR 
 trained on them end to end."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -257,6 +258,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, folder, monk
   with pytest.raises(SystemExit):
     train.train_and_evaluate(config, str(tmp_path / "crashed"))
   monkeypatch.undo()
+  # The data moved meanwhile (another mount): data.path may change on resume.
+  shutil.copytree(folder[0], tmp_path / "moved")
+  config.data.path = str(tmp_path / "moved")
   resumed = train.train_and_evaluate(config, str(tmp_path / "crashed"))["train_state"]
   for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

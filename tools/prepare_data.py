@@ -51,7 +51,6 @@ DataError = records.DataError
 
 # One record per chunk: random access reads just that record.
 WRITER_OPTIONS = "group_size:1"
-_TAR_IMAGES = ("jpg", "jpeg", "png", "webp")  # The members records.webdataset_samples reads.
 _SPLIT_NAME = re.compile(r"[\w.-]+")  # It starts the shards' file names.
 
 
@@ -143,13 +142,10 @@ def _scan_tar(path: str) -> dict:
       for member in tar:
         if not member.isfile():
           continue
-        directory, _, base = member.name.rpartition("/")
-        stem, _, ext = base.partition(".")
-        key = f"{directory}/{stem}" if directory else stem
+        key, ext = records.member_key(member.name)
         if key != current:  # Grouped as records.webdataset_samples groups them.
           samples, current = samples + 1, key
-        ext = ext.lower()
-        images += ext in _TAR_IMAGES
+        images += ext in records.TAR_IMAGES
         has_text |= ext == "txt"
   except (OSError, tarfile.TarError) as e:
     why = " ".join(str(e).split())  # tarfile's message for an unknown file spans lines.
@@ -537,7 +533,7 @@ def prepare(format: str, input: str, out: str,  # pylint: disable=redefined-buil
     counts = _scan([t["tar"] for t in scan], workers)
     if scan and not any(c["images"] for c in counts):
       raise DataError(f"None of the {len(scan)} tars of --input={input!r} holds images "
-                      f"({', '.join('.' + e for e in _TAR_IMAGES)} members).")
+                      f"({', '.join('.' + e for e in records.TAR_IMAGES)} members).")
     for task, c in zip(scan, counts):
       task["size"] = c["samples"]
 
