@@ -1,10 +1,14 @@
 """Orbax checkpoints of the whole train state: save every N steps, keep K, auto-resume.
 
 A checkpoint is written to a temporary directory and renamed when complete, so a process
-killed mid-save leaves no partial step behind. A step that exists but cannot be restored
-(truncated or corrupt files) is reported, moved to `workdir/checkpoints_corrupt/`, and the
-previous one is used.
+killed mid-save leaves no partial step behind. Once it is complete, a digest of its content
+(two checksums per array, `digest`) is written beside it, and a restore recomputes it from
+what was read: a step that cannot be restored (truncated, corrupt or missing files) or whose
+content differs from its digest (flipped bits) is reported, moved to
+`workdir/checkpoints_corrupt/` (the newest `CORRUPT_KEEP` are kept), and the previous one is
+used.
 """
+import json
 import os
 import shutil
 import time
@@ -12,12 +16,67 @@ import time
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from big_contrast import settings
 
 # `config.checkpoint`: save every `every_steps` steps (0: only at the end), keep the newest `keep`.
 SETTINGS = dict(every_steps=settings.integer(1000, low=0), keep=settings.integer(3, low=1))
+
+DIGEST = "content_digest.json"  # In each step's directory, written after the save completes.
+CORRUPT_KEEP = 3  # Quarantined checkpoints kept for inspection; older ones are deleted.
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint whose restored content differs from the digest written when it was saved."""
+
+
+def digest(tree) -> dict:
+  """{path: [sum, weighted sum]} of every array's bits, modulo 2**64.
+
+  Each array's elements are read as unsigned integers of their width and summed, plain and
+  weighted by 2·i + 1 (i: the flat index in the global array). An odd weight keeps any change
+  of one element visible (a flipped bit changes the weighted sum by an odd multiple of a power
+  of two below 2**64), and the weights tell positions apart. Every process sums only its own
+  shards (replica 0 of each), by their global indices, and the partial sums are added across
+  processes: no array is gathered onto one host, and the result does not depend on the mesh.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  partial = np.zeros((len(leaves), 2), np.uint64)
+  for n, (_, x) in enumerate(leaves):
+    if isinstance(x, jax.Array):
+      shards = [(s.index, np.asarray(s.data)) for s in x.addressable_shards if s.replica_id == 0]
+      shape = x.shape
+    else:
+      shards = [((), np.asarray(x))] if jax.process_index() == 0 else []
+      shape = np.shape(x)
+    for index, data in shards:
+      partial[n] += _sums(data, index, shape)
+  if jax.process_count() > 1:  # As 32-bit halves: JAX without x64 would truncate uint64.
+    halves = np.stack([partial >> np.uint64(32), partial & np.uint64(0xFFFFFFFF)]).astype(
+        np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(halves)).astype(np.uint64)
+    partial = ((every[:, 0] << np.uint64(32)) | every[:, 1]).sum(axis=0, dtype=np.uint64)
+  return {jax.tree_util.keystr(p): [int(a), int(b)] for (p, _), (a, b) in zip(leaves, partial)}
+
+
+def _sums(data: np.ndarray, index: tuple, shape: tuple) -> np.ndarray:
+  """(sum, weighted sum) mod 2**64 of one shard `data` = global_array[index]."""
+  data = np.ascontiguousarray(data)
+  bits = data.reshape(-1).view(f"u{data.dtype.itemsize}") if data.size else np.zeros(0, "u1")
+  flat = np.zeros(data.shape, np.uint64)
+  stride = 1
+  for d in reversed(range(len(shape))):
+    start = (index[d].start or 0) if d < len(index) else 0
+    axis = np.arange(start, start + data.shape[d], dtype=np.uint64) * np.uint64(stride)
+    flat += axis.reshape((-1,) + (1,) * (len(shape) - 1 - d))
+    stride *= shape[d]
+  values = bits.astype(np.uint64)
+  weights = flat.reshape(-1) * np.uint64(2) + np.uint64(1)
+  with np.errstate(over="ignore"):
+    return np.array([values.sum(dtype=np.uint64), (values * weights).sum(dtype=np.uint64)],
+                    np.uint64)
 
 
 class Checkpointer:
@@ -55,6 +114,8 @@ class Checkpointer:
     for step in steps:
       try:
         shapes = _shapes(self._manager.item_metadata(step))
+        if not shapes:  # Orbax reads a checkpoint without its _METADATA as holding nothing.
+          raise CorruptCheckpoint("its metadata is missing or empty")
       except Exception as e:  # pylint: disable=broad-except
         self._quarantine(step, e)
         continue
@@ -64,7 +125,9 @@ class Checkpointer:
             "this config's model and optimizer (e.g. another width, depth or optimizer); "
             "resume with the config that wrote it, or use a new --workdir.")
       try:
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        self._verify(step, restored)
+        return restored
       except Exception as e:  # pylint: disable=broad-except
         # Orbax/TensorStore raise assorted types for missing, truncated or garbled files.
         self._quarantine(step, e)
@@ -74,14 +137,42 @@ class Checkpointer:
                        "each error). Run again to start this workdir afresh.")
     return None
 
+  def _digest_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step), DIGEST)
+
+  def _verify(self, step: int, restored):
+    """Raises CorruptCheckpoint if `restored` differs from the digest saved with it."""
+    try:
+      with open(self._digest_path(step)) as f:
+        saved = json.load(f)
+    except FileNotFoundError:
+      # Written before digests, or killed between the save and its digest: complete (orbax
+      # renamed it into place) but unverifiable.
+      logging.warning("Checkpoint %d has no %s: restored without a content check.", step,
+                      DIGEST)
+      return
+    except (OSError, ValueError) as e:
+      raise CorruptCheckpoint(f"its {DIGEST} cannot be read ({e})") from None
+    now = digest(restored)
+    bad = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+    if bad:
+      raise CorruptCheckpoint(
+          f"{len(bad)} of {len(now)} arrays differ from the digest written when it was saved "
+          f"(e.g. {', '.join(bad[:3])}): its files changed on disk")
+
   def _quarantine(self, step: int, error: Exception):
-    moved = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
+    moved = os.path.join(self.corrupt_directory, f"{step}-{time.time_ns()}")
     logging.error("Checkpoint %d in %s cannot be restored (%s: %s); moving it to %s and "
                   "resuming from the previous one.", step, self.directory,
                   type(error).__name__, str(error).splitlines()[0][:300], moved)
     if jax.process_index() == 0:
       os.makedirs(self.corrupt_directory, exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), moved)
+      kept = sorted(os.listdir(self.corrupt_directory),  # <step>-<time moved>
+                    key=lambda n: (n.rpartition("-")[2].zfill(20), n))
+      for name in kept[:-CORRUPT_KEEP]:  # A disk that keeps failing must not fill up.
+        logging.warning("Deleting the oldest quarantined checkpoint %s.", name)
+        shutil.rmtree(os.path.join(self.corrupt_directory, name), ignore_errors=True)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
     self._manager.reload()
@@ -96,6 +187,17 @@ class Checkpointer:
       return False
     self._manager.save(step, args=ocp.args.StandardSave(train_state), force=True)
     self._manager.wait_until_finished()
+    # The digest of what was saved, once the save is complete: a restore checks against it.
+    sums = digest(train_state)
+    if jax.process_index() == 0:
+      path = self._digest_path(step)
+      with open(path + ".tmp", "w") as f:
+        json.dump(sums, f)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(path + ".tmp", path)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"digest of checkpoint {step}")
     return True
 
   def close(self):

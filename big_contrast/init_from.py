@@ -54,14 +54,15 @@ def _read_torch(cfg, config) -> dict:
   """{path: numpy array} of a PyTorch state dict, converted to the Flax module's names."""
   from big_contrast import torch_convert as tc
   t = cfg.torch
-  if not os.path.exists(t.path):
-    raise ValueError(f"config.init_from.torch.path={t.path!r} does not exist.")
   if t.path.endswith(".safetensors"):
     from safetensors.numpy import load_file
     state_dict = load_file(t.path)
   else:
     import torch
-    state_dict = {k: v.numpy() for k, v in torch.load(t.path, map_location="cpu").items()}
+    # weights_only: tensors only, never the pickled code a downloaded file may carry (the
+    # default only from torch 2.6).
+    state_dict = {k: v.numpy() for k, v in
+                  torch.load(t.path, map_location="cpu", weights_only=True).items()}
   model_cfg = config
   for key in t.model.split("."):
     model_cfg = model_cfg[key]
@@ -85,14 +86,33 @@ def _read_torch(cfg, config) -> dict:
           for p, x in flat.items()}
 
 
-def read_source(cfg, config=None) -> dict:
-  """{path: numpy array} of the source checkpoint's params and state (or PyTorch weights)."""
-  if cfg.get("torch") and cfg.torch.path:
-    return _read_torch(cfg, config)
+def _torch_source(cfg) -> bool:
+  return bool(cfg.get("torch") and cfg.torch.path)
+
+
+def check_source(cfg):
+  """Fails if the source `cfg` names is not there (before the rules are matched: a missing
+  source is the first thing to fix)."""
+  if _torch_source(cfg):
+    if not os.path.exists(cfg.torch.path):
+      raise ValueError(f"config.init_from.torch.path={cfg.torch.path!r} does not exist; point "
+                       "it at a .safetensors or .pt state dict.")
+    return
+  if not os.path.isdir(cfg.workdir):
+    raise ValueError(f"config.init_from.workdir={cfg.workdir!r} does not exist; set it to the "
+                     "workdir of a run of this project (the one holding its checkpoints/).")
   directory = os.path.join(os.path.abspath(cfg.workdir), "checkpoints")
   if not os.path.isdir(directory):
     raise ValueError(f"config.init_from.workdir={cfg.workdir!r} has no checkpoints/ "
                      f"directory ({directory}); train the source run first.")
+
+
+def read_source(cfg, config=None) -> dict:
+  """{path: numpy array} of the source checkpoint's params and state (or PyTorch weights)."""
+  check_source(cfg)
+  if _torch_source(cfg):
+    return _read_torch(cfg, config)
+  directory = os.path.join(os.path.abspath(cfg.workdir), "checkpoints")
   with ocp.CheckpointManager(directory) as manager:
     step = cfg.get("step") or manager.latest_step()
     if step not in manager.all_steps():
@@ -131,6 +151,7 @@ def load(cfg, abstract_state, config=None) -> dict:
 
   `config`: the run's config, which describes the architecture of PyTorch weights.
   """
+  check_source(cfg)
   dst = _flat_state(abstract_state)
   mapping = _match(cfg, dst)
   source = read_source(cfg, config)

@@ -7,7 +7,11 @@ Multi-host: run the same command in every process with either
                                                                       jax.distributed.initialize)
 Each process feeds its own rows of every global batch; only process 0 logs and prints.
 """
+import difflib
+import importlib.util
 import logging as py_logging
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -15,6 +19,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from big_contrast import run_config
 from big_contrast import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).",
@@ -50,6 +55,88 @@ def init_distributed():
     jax.distributed.initialize()  # Auto-detected cluster.
 
 
+def _flag_values(argv, name: str) -> list:
+  """The values of --NAME=V / --NAME V in `argv` (before a bare --)."""
+  out = []
+  for i, a in enumerate(argv):
+    if a == "--":
+      break
+    if a.startswith(f"--{name}="):
+      out.append(a.split("=", 1)[1])
+    elif a == f"--{name}" and i + 1 < len(argv):
+      out.append(argv[i + 1])
+  return out
+
+
+def _is_recipe(path: str) -> bool:
+  with open(path) as f:
+    return "def get_config(" in f.read()
+
+
+def _load_recipe(value: str):
+  """The ConfigDict of --config=PATH[:ARG], loaded as config_flags loads it."""
+  path, _, arg = value.partition(":")
+  spec = importlib.util.spec_from_file_location("_recipe", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _config_file_problem(argv):
+  """A --config that names no file: which recipes there are."""
+  for value in _flag_values(argv, "config"):
+    path = value.split(":", 1)[0]  # config_flags passes what follows ':' to get_config.
+    if not os.path.isfile(path):
+      folder = os.path.dirname(path) or "."
+      recipes = sorted(f for f in os.listdir(folder) if f.endswith(".py") and _is_recipe(
+          os.path.join(folder, f))) if os.path.isdir(folder) else []
+      near = difflib.get_close_matches(os.path.basename(path), recipes, n=1, cutoff=0.6)
+      hint = (f"did you mean {os.path.join(folder, near[0])}?" if near else
+              f"{folder} has {recipes}." if recipes else
+              "the recipes are in configs/ (run from the repository root).")
+      return f"--config={value}: no such file; {hint}"
+  return None
+
+
+def _override_problems(argv, config) -> list:
+  """Each --config.KEY=V whose KEY the recipe does not have, with the likely fix."""
+  known = set(run_config.flatten(config))
+  method = config.get("method")
+  if method in run_config.methods.METHODS.names():
+    known |= set(run_config.settings.flatten(run_config.declared(method)))
+  keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  # A key or a whole section the recipe has is fine.
+  return [run_config.unknown_key_message(k, known, method) for k in keys
+          if k not in known and not any(n.startswith(k + ".") for n in known)]
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a --config file or --config.KEY override that is not there
+  named with the fix (config_flags reports either as a bare OSError or AttributeError)."""
+  problem = _config_file_problem(argv)
+  if problem is None:
+    try:
+      return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+      values = _flag_values(argv, "config")
+      problems = _override_problems(argv, _load_recipe(values[-1])) if values else []
+      problem = "\n".join(problems) or f"a --config.KEY override failed: {e}"
+  sys.stderr.write(f"FATAL Flags parsing error: {problem}\n")
+  sys.exit(2)
+
+
+# What a config, the data, the workdir or the training itself can get wrong: each says what
+# and how to fix it, so the console shows the message alone (the traceback goes to log.txt).
+USER_ERRORS = (ValueError, OSError, train.WorkdirInUse, train.NonFiniteError)
+
+
+def error_message(e: Exception, workdir: str) -> str:
+  prefix = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+  log = os.path.join(workdir, "log.txt")
+  where = f"\n(The traceback is in {log}.)" if os.path.isfile(log) else ""
+  return f"FATAL {prefix}{type(e).__name__}: {e}{where}"
+
+
 def summary(results: dict) -> str:
   if results.get("preempted"):
     lines = [f"Stopped by {results['preempted']} at step {results['step']} after "
@@ -57,6 +144,9 @@ def summary(results: dict) -> str:
              "to resume."]
   else:
     lines = [f"Finished {results['step']} steps in {results['wall_time_s'] / 60:.1f} min."]
+  if results.get("nonfinite_steps"):
+    lines.append(f"  skipped      {results['nonfinite_steps']} of {results['step']} steps had a "
+                 "non-finite loss or gradient and were not applied (config.nonfinite='skip')")
   for when in ("init", "final"):
     if when in results:
       accs = "  ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in results[when].items())
@@ -74,10 +164,13 @@ def main(argv):
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= py_logging.WARNING or "orbax" not in r.pathname)
   init_distributed()
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except USER_ERRORS as e:
+    sys.exit(error_message(e, _WORKDIR.value))
   if jax.process_index() == 0:
     print(summary(results), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

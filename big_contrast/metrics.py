@@ -37,20 +37,37 @@ class MetricLogger:
       os.makedirs(workdir, exist_ok=True)
       self._drop_rows_after(resume_step)
       self._jsonl = open(self.jsonl_path, "a")
-      self._tb = tensorboardX.SummaryWriter(self.tb_dir)
+      # On resume, TensorBoard hides the events the dead run wrote past the restored step.
+      self._tb = tensorboardX.SummaryWriter(self.tb_dir,
+                                            purge_step=resume_step + 1 if resume_step else None)
     self._t0 = self._tick = time.time()
     self._tick_step = None
     self._data_wait = 0.0
     self._warned_input = False
 
   def _drop_rows_after(self, step: int):
-    """Removes rows logged after `step`: on resume they are about to be logged again."""
+    """Removes rows logged after `step`: on resume they are about to be logged again. A line
+    that does not parse (a process killed mid-write leaves a torn last line) is dropped with
+    a warning; the old file is replaced atomically."""
     if not os.path.exists(self.jsonl_path):
       return
+    rows = []
     with open(self.jsonl_path) as f:
-      rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.jsonl_path, "w") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+          keep = row["step"] <= step
+        except (ValueError, KeyError, TypeError):
+          logging.warning("%s line %d is not a metrics row (%r): dropped (a write cut short).",
+                          self.jsonl_path, number, line[:80])
+          continue
+        if keep:
+          rows.append(line if line.endswith("\n") else line + "\n")
+    with open(self.jsonl_path + ".tmp", "w") as f:
       f.writelines(rows)
+    os.replace(self.jsonl_path + ".tmp", self.jsonl_path)
 
   def write(self, step: int, values: dict):
     if not self.active:

@@ -65,6 +65,16 @@ def schedule(config, train_size: int) -> methods.Schedule:
   return methods.Schedule(total_steps=total, steps_per_epoch=steps_per_epoch)
 
 
+def check_batch_size(config, train_size: int):
+  """A batch larger than the training split holds the same image more than once: a positive
+  among its own negatives."""
+  if config.batch_size > train_size:
+    raise ValueError(
+        f"config.batch_size={config.batch_size}: must be <= the {train_size} training "
+        f"examples of config.data.name={config.data.name!r}, or every batch repeats images; "
+        "lower config.batch_size or train on a larger dataset.")
+
+
 def build_method(config, sched: methods.Schedule, mesh=None) -> methods.Method:
   """`config.method` with the tokenizer of `config.text.tokenizer` if it trains on text."""
   cls = methods.METHODS.get(config.method)
@@ -141,6 +151,7 @@ def setup(config, devices=None, train_size: int | None = None) -> Run:
     sources.check(config.data, cls.data)
     train_src, test_src, num_classes = sources.get_sources(config.data)
     data, train_size = (train_src, test_src), len(train_src)
+    check_batch_size(config, train_size)
     example = np.asarray(train_src[0]["image"])[None]
   sched = schedule(config, train_size)
   method = build_method(config, sched, mesh)

@@ -16,6 +16,7 @@ from big_contrast import checkpoint
 from big_contrast import evaluate
 from big_contrast import init_from
 from big_contrast import methods
+from big_contrast import models
 from big_contrast import optim
 from big_contrast import settings
 from big_contrast import sharding
@@ -26,7 +27,8 @@ NONFINITE = ("error", "skip")
 RUN_SETTINGS = dict(
     method="simclr",
     seed=settings.integer(0),
-    batch_size=settings.integer(256, low=1),
+    batch_size=settings.integer(256, low=2, hint=(
+        "each example's negatives are the other examples of its batch: use a larger batch")),
     num_epochs=settings.positive(100.0),
     total_steps=settings.integer(0, low=0),        # > 0 overrides num_epochs.
     # > 1: GradCache (big_contrast/grad_cache.py): the full batch's loss and gradient,
@@ -36,6 +38,8 @@ RUN_SETTINGS = dict(
     # A step with a non-finite loss, gradient or metric is never applied or saved; then
     # "error": stop naming the step and metric; "skip": go on from the previous state, counted.
     nonfinite=settings.choice("error", NONFINITE),
+    # With "skip": the run stops once more than this fraction of its total steps was skipped.
+    nonfinite_max_fraction=settings.number(0.05, low=0.0, high=1.0),
     # Mesh axes and sizes; -1 takes all remaining devices. The batch is split over "data"
     # and "fsdp"; "tensor" splits transformer blocks (README "Scaling out").
     mesh=(("data", -1),),
@@ -50,7 +54,7 @@ RUN_SETTINGS = dict(
 # fed, and where its data is mounted. Anything else changes what the checkpointed state means.
 RESUMABLE = ("total_steps", "num_epochs", "log_every_steps", "eval", "checkpoint", "mesh",
              "sharding", "micro_batches", "data.num_workers", "data.data_dir", "data.path",
-             "init_from", "nonfinite")
+             "init_from", "nonfinite", "nonfinite_max_fraction")
 
 
 def declared(method: str) -> dict:
@@ -70,7 +74,8 @@ def _owners(key: str) -> list:
   return [name for name in methods.METHODS.names() if key in settings.flatten(declared(name))]
 
 
-def _unknown_key_message(key, known, method) -> str:
+def unknown_key_message(key, known, method) -> str:
+  """What is wrong with `key` (not in `known`) for a run of `method`, and the likely fix."""
   parent, _, leaf = key.rpartition(".")
   section = f"config.{parent}." if parent else "config."
   siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent)
@@ -109,8 +114,57 @@ def check(config):
   flat = flatten(config)
   unknown = [k for k in flat if k not in known]
   if unknown:
-    raise ValueError("\n".join(_unknown_key_message(k, known, method) for k in unknown))
+    raise ValueError("\n".join(unknown_key_message(k, known, method) for k in unknown))
   settings.check(flat, spec)
+  for tower, cfg in _vits(config):
+    check_vit(config, tower, cfg)
+
+
+def _vits(config) -> list:
+  """[(config key, section)] of the run's ViT image backbone, if it has one."""
+  model = config.get("model", {})
+  key = "model"
+  if model.get("name") == "two_tower":
+    model, key = model.get("image", {}), "model.image"
+  return [(key, model)] if model.get("name") == "vit" else []
+
+
+def crop_sizes(config) -> dict:
+  """{config key: side} of every image size the backbone sees: each view's crop, and SwAV's
+  small crops. Evaluation images are brought to augment.crop_size (Method.eval_view), so
+  data.image_size never reaches it."""
+  sizes = {"augment.crop_size": config.augment.crop_size}
+  for i, view in enumerate(config.get("augment_views", ())):
+    if "crop_size" in view:
+      sizes[f"augment_views[{i}].crop_size"] = view["crop_size"]
+  multicrop = config.get("multicrop")
+  if multicrop and multicrop.num_small:
+    sizes["multicrop.crop_size"] = multicrop.crop_size
+  return sizes
+
+
+def check_vit(config, tower: str, cfg):
+  """A ViT needs a variant, crops its patch divides (a strided patch conv silently drops the
+  remainder) and a width its heads divide."""
+  if not cfg.get("variant"):
+    raise ValueError(f"config.{tower}.name='vit' needs config.{tower}.variant: set it to "
+                     "SIZE/PATCH, e.g. 'S/16'.")
+  name, _, patch = cfg.variant.partition("/")
+  patch = int(patch)
+  for key, size in crop_sizes(config).items():
+    if size % patch:
+      below, above = size - size % patch, size - size % patch + patch
+      fits = f"{below} or {above}" if below else f"{above}"
+      raise ValueError(
+          f"config.{key}={size}: must be a multiple of the ViT patch size {patch} "
+          f"(config.{tower}.variant={cfg.variant!r}), which drops the {size % patch} px left "
+          f"over; use {fits}, or a variant whose patch divides {size}.")
+  width, _, heads = models.VARIANTS[name]
+  width, heads = cfg.get("width") or width, cfg.get("heads") or heads
+  if width % heads:
+    fits = [h for h in range(1, min(width, 32) + 1) if width % h == 0]
+    raise ValueError(f"config.{tower}.heads={heads}: must divide the ViT width {width} "
+                     f"(config.{tower}.width or variant {cfg.variant!r}); use one of {fits}.")
 
 
 def _normalised(config) -> dict:

@@ -8,6 +8,7 @@ value checks, so no list of keys or ranges is written twice.
     SETTINGS = {"every_steps": settings.integer(1000, low=0), "keep": settings.integer(3, low=1)}
 """
 import dataclasses
+import difflib
 from typing import Any, Callable
 
 import ml_collections
@@ -23,12 +24,14 @@ class Setting:
   default: Any = None
   check: Check | None = None
   optional: bool = False
+  hint: str = ""  # The fix, appended to what the check says is wrong.
 
 
 def optional(spec: "Setting | Check | None" = None) -> Setting:
   """A key without a default in the config, checked as `spec` (a Setting's check, or a check)."""
   check = spec.check if isinstance(spec, Setting) else spec
-  return Setting(None, check, optional=True)
+  hint = spec.hint if isinstance(spec, Setting) else ""
+  return Setting(None, check, optional=True, hint=hint)
 
 
 def _is_number(v, integer: bool) -> bool:
@@ -57,12 +60,12 @@ def _range_check(integer: bool, low, high, low_open: bool) -> Check:
   return check
 
 
-def integer(default, low=None, high=None) -> Setting:
-  return Setting(default, _range_check(True, low, high, False))
+def integer(default, low=None, high=None, hint="") -> Setting:
+  return Setting(default, _range_check(True, low, high, False), hint=hint)
 
 
-def number(default, low=None, high=None, low_open=False) -> Setting:
-  return Setting(default, _range_check(False, low, high, low_open))
+def number(default, low=None, high=None, low_open=False, hint="") -> Setting:
+  return Setting(default, _range_check(False, low, high, low_open), hint=hint)
 
 
 def positive(default) -> Setting:
@@ -71,7 +74,17 @@ def positive(default) -> Setting:
 
 
 def probability(default) -> Setting:
+  """A number in [0, 1] (augmentation probabilities, thresholds, momenta)."""
   return number(default, low=0, high=1)
+
+
+def widths(default) -> Setting:
+  """A tuple of layer widths, each an int >= 1; () for none (an MLP's hidden layers)."""
+  def check(v):
+    if not isinstance(v, (tuple, list)) or not all(_is_number(d, True) and d >= 1 for d in v):
+      return "must be a tuple of ints >= 1 (or () for no hidden layer)"
+    return None
+  return Setting(tuple(default), check)
 
 
 def _interval(low, high) -> Check:
@@ -86,6 +99,28 @@ def _interval(low, high) -> Check:
 def interval(default, low=0.0, high=float("inf")) -> Setting:
   """A (lo, hi) pair inside [low, high], lo <= hi (crop scales, blur sigmas)."""
   return Setting(tuple(default), _interval(low, high))
+
+
+def overrides(spec: dict, section: str) -> Setting:
+  """A tuple of dicts, each setting some keys of `spec` (the declaration of config.`section`),
+  checked as `spec` checks them (per-view augmentation)."""
+  declared = flatten(spec)
+
+  def check(v):
+    if not isinstance(v, (tuple, list)) or not all(hasattr(o, "items") for o in v):
+      return f"must be a tuple of dicts of config.{section} keys"
+    for i, entry in enumerate(v):
+      for key, value in entry.items():
+        if key not in declared:
+          near = difflib.get_close_matches(key, declared, n=1, cutoff=0.6)
+          return (f"entry {i} sets {key!r}, which is not a key of config.{section} (" +
+                  (f"did you mean {near[0]!r}?)" if near else f"it has {tuple(declared)})"))
+        s = declared[key]
+        problem = s.check(value) if s.check is not None and value is not None else None
+        if problem:
+          return f"entry {i} sets {key}={value!r}, which {problem}"
+    return None
+  return Setting((), check)
 
 
 def boolean(default: bool) -> Setting:
@@ -142,6 +177,7 @@ def check(flat_config: dict, spec: dict):
     if s is not None and s.check is not None and value is not None:
       problem = s.check(value)
       if problem:
-        problems.append(f"config.{key}={value!r}: {problem}.")
+        problems.append(f"config.{key}={value!r}: {problem}" +
+                        (f"; {s.hint}." if s.hint else "."))
   if problems:
     raise ValueError("\n".join(problems))

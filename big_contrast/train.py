@@ -4,8 +4,14 @@ It knows nothing about any method or evaluator: run.setup builds the Run (method
 step, sources); this file steps, logs, evaluates and checkpoints it.
 """
 import contextlib
+import fcntl
+import json
+import logging as py_logging
 import os
+import shutil
 import signal
+import socket
+import sys
 import time
 
 from absl import logging
@@ -61,6 +67,98 @@ class _StopSignals(contextlib.AbstractContextManager):
     return bool(multihost_utils.process_allgather(np.int32(bool(self.requested))).any())
 
 
+class WorkdirInUse(RuntimeError):
+  """Another process is training in this workdir."""
+
+
+class _WorkdirLock:
+  """An exclusive lock on WORKDIR/lock while a run trains there (process 0 of the run holds
+  it). flock: the kernel drops it when its holder dies, however it dies, so a stale lock never
+  blocks a restart; on NFS, Linux maps it to a lock the server keeps for all clients. The file
+  names the holder (host, pid, start time, command)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "lock")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise NotADirectoryError(f"--workdir={workdir!r} is a file; name a directory (it is "
+                               "created if missing).")
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise PermissionError(f"--workdir={workdir!r} cannot be written ({e.strerror}); choose a "
+                            "directory this user can write.") from None
+
+  def acquire(self):
+    try:
+      fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      with open(self.path) as f:
+        holder = f.read().strip() or "another process (it has not written its name yet)"
+      self.release()
+      raise WorkdirInUse(
+          f"{os.path.dirname(self.path)} is in use by {holder}. Two runs in one workdir "
+          "would delete each other's checkpoints: wait for it to end (or stop it), or use "
+          "another --workdir.") from None
+    except OSError as e:  # A filesystem without locks (some Lustre or FUSE mounts).
+      logging.warning("Cannot lock %s (%s): make sure no other run uses this workdir.",
+                      self.path, e.strerror)
+      return
+    os.ftruncate(self.fd, 0)
+    os.pwrite(self.fd, (f"pid {os.getpid()} on {socket.gethostname()} since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)})\n")
+              .encode(), 0)
+
+  def release(self):
+    os.close(self.fd)  # Drops the lock; the file stays (deleting it would race a new holder).
+
+
+@contextlib.contextmanager
+def _lock_workdir(workdir: str):
+  """The workdir's lock, held by process 0; every process fails together if it is taken."""
+  lock = error = None
+  if jax.process_index() == 0:
+    try:
+      lock = _WorkdirLock(workdir)
+      lock.acquire()
+    except (WorkdirInUse, OSError) as e:
+      lock, error = None, e
+  if jax.process_count() > 1:
+    failed = multihost_utils.process_allgather(np.int32(error is not None)).any()
+    if failed and error is None:
+      raise WorkdirInUse(f"Process 0 could not take {workdir}/lock (its log says why).")
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+@contextlib.contextmanager
+def _log_file(workdir: str):
+  """Copies this process's log (warnings and errors included) to WORKDIR/log.txt
+  (log.process_<i>.txt for the others), appending across resumes. The traceback of an
+  error that stops the run goes there; the console gets the error itself."""
+  index = jax.process_index()
+  os.makedirs(workdir, exist_ok=True)  # Other hosts may not share process 0's disk.
+  handler = py_logging.FileHandler(
+      os.path.join(workdir, "log.txt" if index == 0 else f"log.process_{index}.txt"))
+  handler.setFormatter(py_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  root = py_logging.getLogger()
+  root.addHandler(handler)
+  try:
+    yield
+  except Exception as e:
+    handler.handle(py_logging.LogRecord(__name__, py_logging.ERROR, __file__, 0,
+                                        "The run stopped: %s", (e,), sys.exc_info()))
+    raise
+  finally:
+    root.removeHandler(handler)
+    handler.close()
+
+
 def _check_finite(pending, policy, ckpt):
   """Reads the finiteness of steps already dispatched; raises (policy 'error') or logs."""
   for step, m in pending:
@@ -85,7 +183,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   SIGTERM / SIGINT stop it after the current step with a checkpoint (results["preempted"]
   names the signal); the next call with the same workdir resumes from it.
   """
-  with _StopSignals() as signals:
+  # Nothing is read or written in the workdir before the lock is held.
+  with _StopSignals() as signals, _lock_workdir(workdir), _log_file(workdir):
     return _train_and_evaluate(config, workdir, signals)
 
 
@@ -99,7 +198,19 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
   saved_config = os.path.join(workdir, "config.json")
   if ckpt.latest_step() is not None and os.path.exists(saved_config):
     with open(saved_config) as f:
-      run_config.check_resume(f.read(), config, saved_config)
+      text = f.read()
+    try:
+      json.loads(text)
+    except json.JSONDecodeError as e:
+      # Damaged outside this code (it writes the file atomically): keep a copy, and resume
+      # with the checkpoint's own check of shapes; the file is written again below.
+      logging.warning("%s is not valid JSON (%s): resuming without comparing configs (the "
+                      "checkpoint's shapes are still checked); the damaged file is kept as "
+                      "%s.corrupt.", saved_config, e, saved_config)
+      if jax.process_index() == 0:
+        shutil.copyfile(saved_config, saved_config + ".corrupt")
+    else:
+      run_config.check_resume(text, config, saved_config)
   ts = ckpt.restore_latest(checkpoint.abstract_like(run.abstract, run.state_sharding))
   if jax.process_index() == 0:  # The run's config, for resuming, tools/export_pytorch.py.
     with open(saved_config + ".tmp", "w") as f:
@@ -136,6 +247,7 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
 
   history, compiled, pending, preempted = [], False, [], None
   policy = config.get("nonfinite", "error")
+  max_skipped = int(config.nonfinite_max_fraction * total_steps)
   batch_iter = batches.iterate(step) if step < total_steps else iter(())
   num_workers = config.data.get("num_workers", 0)
   while True:
@@ -159,6 +271,13 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
     # logged, evaluated or saved.
     sync = log_now or eval_now or preempted or ckpt.due(step, force=last)
     _check_finite(pending if sync else pending[:-1], policy, ckpt)
+    if policy == "skip" and sync and int(ts["nonfinite_steps"]) > max_skipped:
+      raise NonFiniteError(
+          f"Step {step}: {int(ts['nonfinite_steps'])} steps were skipped as non-finite, more "
+          f"than config.nonfinite_max_fraction={config.nonfinite_max_fraction} of the run's "
+          f"{total_steps} steps: the training diverges. The last checkpoint (step "
+          f"{ckpt.latest_step()}) is kept. Lower config.optimizer.lr, set "
+          "config.optimizer.grad_clip_norm, check the data, or raise the fraction.")
     pending = [] if sync else pending[-1:]
     if log_now:
       extra = {"nonfinite_steps": int(ts["nonfinite_steps"])} if policy == "skip" else {}
@@ -185,5 +304,6 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
   ckpt.close()
   results.update(step=step, wall_time_s=time.time() - start_time,
                  checkpoint_dir=ckpt.directory, metrics_file=logger.jsonl_path,
-                 tensorboard_dir=logger.tb_dir, train_state=ts)
+                 tensorboard_dir=logger.tb_dir, train_state=ts,
+                 nonfinite_steps=int(ts["nonfinite_steps"]))
   return results

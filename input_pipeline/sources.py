@@ -51,7 +51,13 @@ def _check_data_dir(cfg, kind):
     return (f"config.data.name={cfg.name!r} reads a tfds dataset: set config.data.tfds_name "
             "(e.g. imagenet2012) and config.data.data_dir.")
   data_dir = cfg.get("data_dir")
-  if data_dir and not os.path.isdir(data_dir):
+  # Required: tfds's own default (~/tensorflow_datasets) fails, when the build is not there,
+  # with a KeyError that names neither key.
+  if not data_dir:
+    return (f"config.data.name={cfg.name!r} reads a tfds array_record build: set "
+            "config.data.data_dir to the directory `tfds build NAME --file_format=array_record "
+            "--data_dir=...` wrote (README, Your own data).")
+  if not os.path.isdir(data_dir):
     return (f"config.data.data_dir={data_dir!r} does not exist; point it at the directory "
             "`tfds build --data_dir=...` prepared (README, Your own data).")
   return None

@@ -73,8 +73,10 @@ def test_lit_locked_tower_gets_no_gradient():
 
 def test_init_from_errors_are_clear_and_early(simclr_run, tmp_path):
   workdir, _ = simclr_run
-  with pytest.raises(ValueError, match="has no checkpoints/ directory"):
+  with pytest.raises(ValueError, match="nowhere' does not exist; set it to the workdir"):
     train.train_and_evaluate(_lit_config(str(tmp_path / "nowhere")), str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="has no checkpoints/ directory"):
+    train.train_and_evaluate(_lit_config(str(tmp_path)), str(tmp_path / "a2"))
   c = _lit_config(workdir)
   c.init_from.rules = ((r"params/image/(.*)", r"params/encoder/\1"),)
   with pytest.raises(ValueError, match="does not have"):

@@ -31,3 +31,46 @@ def test_data_wait_share_is_logged_and_an_input_bound_run_warns_once(tmp_path, m
   assert [r["img_per_sec"] for r in rows] == [64.0] * 3
   assert len(warnings) == 1 and "60% of step time" in warnings[0]
   assert "config.data.num_workers (now 3" in warnings[0]
+
+
+def _tb_events(tb_dir):
+  """Every Event in the TensorBoard files of `tb_dir`, in file order (TFRecord framing:
+  length, its crc, data, its crc)."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  events = []
+  for path in sorted(glob.glob(f"{tb_dir}/events.out.tfevents.*")):
+    with open(path, "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return events
+
+
+def test_resume_drops_rows_past_the_step_and_a_torn_line_and_purges_tensorboard(
+    tmp_path, monkeypatch):
+  warnings = []
+  monkeypatch.setattr(absl_logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  logger = metrics.MetricLogger(str(tmp_path), total_steps=8)
+  for step in range(1, 6):
+    logger.write(step, {"loss": float(step)})
+  logger.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 6, "lo')  # A process killed mid-write.
+  # The run died after step 5; its last checkpoint was step 3.
+  logger = metrics.MetricLogger(str(tmp_path), total_steps=8, resume_step=3)
+  logger.write(4, {"loss": 40.0})
+  logger.close()
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+  assert len(warnings) == 1 and "metrics.jsonl line 6 is not a metrics row" in warnings[0]
+  assert not (tmp_path / "metrics.jsonl.tmp").exists()
+  # TensorBoard hides the dead run's steps 4 and 5: a START session log at step 4.
+  events = _tb_events(tmp_path / "tensorboard")
+  starts = [e.step for e in events if e.HasField("session_log") and
+            e.session_log.status == e.session_log.START]
+  assert starts == [4]

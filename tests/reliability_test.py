@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from big_contrast import checkpoint
+from big_contrast import main as main_lib
 from big_contrast import metrics
 from big_contrast import run as run_lib
 from big_contrast import train
@@ -170,12 +173,12 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_
 
 def test_nonfinite_steps_can_be_skipped_and_are_counted(tmp_path, monkeypatch):
   _nan_at(monkeypatch, 3)
-  c = tiny_config(total_steps=4, nonfinite="skip", mesh=ONE_DEVICE,
-                  **{"checkpoint.every_steps": 1,
-                                                      "checkpoint.keep": 5,
-                                                      "eval.evaluators": ()})
+  c = tiny_config(total_steps=4, nonfinite="skip", nonfinite_max_fraction=0.25,
+                  mesh=ONE_DEVICE, **{"checkpoint.every_steps": 1, "checkpoint.keep": 5,
+                                      "eval.evaluators": ()})
   results = train.train_and_evaluate(c, str(tmp_path))
-  assert results["step"] == 4 and int(results["train_state"]["nonfinite_steps"]) == 1
+  assert results["step"] == 4 and results["nonfinite_steps"] == 1
+  assert "skipped      1 of 4 steps had a non-finite" in main_lib.summary(results)
   # Step 3 changed nothing but the step and the count.
   two, three = _restore(str(tmp_path), 2), _restore(str(tmp_path), 3)
   for k in two:
@@ -186,6 +189,23 @@ def test_nonfinite_steps_can_be_skipped_and_are_counted(tmp_path, monkeypatch):
   assert all(np.isfinite(x).all() for x in _restore(str(tmp_path), 4).values())
   rows = [json.loads(line) for line in open(results["metrics_file"])]
   assert [r["nonfinite_steps"] for r in rows if "loss" in r] == [0, 0, 1, 1]
+
+
+def test_skipping_stops_when_more_than_the_allowed_fraction_of_steps_is_skipped(tmp_path,
+                                                                                monkeypatch):
+  loss = simclr.SimCLR.loss
+
+  def nan_from_step_2(self, params, state, batch, rng, step):
+    value, aux = loss(self, params, state, batch, rng, step)
+    return value * jnp.where(step + 1 >= 2, jnp.nan, 1.0), aux
+  monkeypatch.setattr(simclr.SimCLR, "loss", nan_from_step_2)
+  c = tiny_config(total_steps=8, nonfinite="skip", nonfinite_max_fraction=0.25,
+                  mesh=ONE_DEVICE, log_every_steps=1, **{"checkpoint.every_steps": 1,
+                                                         "eval.evaluators": ()})
+  with pytest.raises(train.NonFiniteError, match=r"Step 4: 3 steps were skipped as "
+                     r"non-finite, more than config.nonfinite_max_fraction=0.25 of the run's "
+                     r"8 steps.*last checkpoint \(step 3\) is kept"):
+    train.train_and_evaluate(c, str(tmp_path))
 
 
 # --- checkpoints that cannot be restored -----------------------------------------------------
@@ -220,6 +240,87 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     train.train_and_evaluate(c, str(tmp_path / "damaged"))
 
 
+def _flip(path, position, nbytes, rng):
+  """Overwrites `nbytes` bytes of `path` at `position` (1: flips one bit there)."""
+  with open(path, "r+b") as f:
+    f.seek(position)
+    old = f.read(nbytes)
+    f.seek(position)
+    f.write(bytes([old[0] ^ (1 << int(rng.integers(8)))]) if nbytes == 1 else
+            bytes((b + 1 + int(rng.integers(255))) % 256 for b in old))
+
+
+def test_flipped_bits_are_caught_by_the_digest_and_the_previous_checkpoint_used(tmp_path,
+                                                                                 caplog):
+  c = tiny_config(total_steps=4, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  full = train.train_and_evaluate(c, str(tmp_path / "full"))["train_state"]
+  assert os.path.isfile(tmp_path / "full" / "checkpoints" / "4" / checkpoint.DIGEST)
+  rng = np.random.default_rng(0)
+  for trial, nbytes in enumerate((1, 16, 1)):
+    workdir = tmp_path / f"flipped{trial}"
+    shutil.copytree(tmp_path / "full", workdir)
+    files = sorted(glob.glob(str(workdir / "checkpoints" / "4" / "**" / "d" / "*"),
+                   recursive=True), key=os.path.getsize)
+    target = files[-1 - trial % 2]  # The largest files hold the parameters and moments.
+    _flip(target, int(rng.integers(os.path.getsize(target) - nbytes)), nbytes, rng)
+    with caplog.at_level(logging.ERROR, logger="absl"):
+      resumed = train.train_and_evaluate(c, str(workdir))["train_state"]
+    # Whatever the bytes held (some are read by nobody), nothing changed comes back: a
+    # damaged step 4 is refused and redone from step 2.
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Orbax itself restored at least one of them without a word: the digest caught it.
+  assert "arrays differ from the digest written when it was saved" in caplog.text
+
+
+def test_a_restore_that_differs_from_the_digest_is_refused_naming_the_arrays(tmp_path, caplog):
+  c = tiny_config(total_steps=4, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  train.train_and_evaluate(c, str(tmp_path))
+  path = tmp_path / "checkpoints" / "4" / checkpoint.DIGEST
+  sums = json.loads(path.read_text())
+  key = next(k for k in sums if "kernel" in k)
+  sums[key][1] += 1  # As if one element of that array had changed on disk.
+  path.write_text(json.dumps(sums))
+  with caplog.at_level(logging.ERROR, logger="absl"):
+    assert train.train_and_evaluate(c, str(tmp_path))["step"] == 4
+  assert f"1 of {len(sums)} arrays differ from the digest" in caplog.text and key in caplog.text
+
+
+def test_digest_is_the_same_on_any_mesh_and_sees_one_flipped_bit():
+  x = np.random.default_rng(0).standard_normal((16, 6)).astype(np.float32)
+  tree = {"a": jnp.asarray(x), "b": jnp.arange(5), "c": jnp.bfloat16(3.0)}
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("x", "y"))
+  sharded = dict(tree, a=jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("x", "y"))))
+  assert checkpoint.digest(sharded) == checkpoint.digest(tree)
+  for flip in ((3, 2, 31), (0, 0, 0), (15, 5, 7)):
+    y = x.copy()
+    y.view(np.uint32)[flip[:2]] ^= np.uint32(1 << flip[2])
+    assert checkpoint.digest(dict(tree, a=jnp.asarray(y)))["['a']"] != checkpoint.digest(
+        tree)["['a']"], flip
+  swapped = x[[1, 0] + list(range(2, 16))]
+  assert checkpoint.digest(dict(tree, a=jnp.asarray(swapped)))["['a']"][1] != checkpoint.digest(
+      tree)["['a']"][1]
+
+
+def test_unreadable_metadata_falls_back_and_quarantine_is_bounded(tmp_path, caplog):
+  c = tiny_config(total_steps=4, mesh=ONE_DEVICE, **{"eval.evaluators": (),
+                                                    "checkpoint.every_steps": 1,
+                                                    "checkpoint.keep": 8})
+  train.train_and_evaluate(c, str(tmp_path))
+  # Orbax reads a checkpoint without _METADATA as an empty tree: not "other shapes".
+  os.remove(tmp_path / "checkpoints" / "4" / "default" / "_METADATA")
+  with caplog.at_level(logging.ERROR, logger="absl"):
+    assert train.train_and_evaluate(c, str(tmp_path))["step"] == 4
+  assert "metadata is missing" in caplog.text and "other shapes" not in caplog.text
+  for step in (4, 3, 2, 1):  # Each restore fails: only the newest CORRUPT_KEEP stay.
+    _damage(str(tmp_path), step)
+  with pytest.raises(ValueError, match="None of the checkpoints"):
+    train.train_and_evaluate(c, str(tmp_path))
+  moved = sorted(os.listdir(tmp_path / "checkpoints_corrupt"))
+  assert len(moved) == checkpoint.CORRUPT_KEEP and not any(m.startswith("4-") for m in moved)
+
+
 # --- configs ---------------------------------------------------------------------------------
 
 def test_resuming_with_an_incompatible_config_is_refused_saying_what_differs(tmp_path):
@@ -246,7 +347,11 @@ def test_resuming_with_an_incompatible_config_is_refused_saying_what_differs(tmp
 BAD_CONFIGS = [
     # (recipe, overrides, the message's specific part)
     ("simclr_digits", {"batch_size": 12}, "config.batch_size=12 is not divisible by the 8"),
-    ("simclr_digits", {"batch_size": 0}, "config.batch_size=0: must be an int >= 1"),
+    ("simclr_digits", {"batch_size": 0}, "config.batch_size=0: must be an int >= 2"),
+    ("simclr_digits", {"batch_size": 1}, "config.batch_size=1: must be an int >= 2; each "
+                                         "example's negatives are the other examples"),
+    ("simclr_digits", {"batch_size": 2048}, "config.batch_size=2048: must be <= the 1437 "
+                                            "training examples of config.data.name='digits'"),
     ("simclr_digits", {"optimizer.name": "adam_typo"},
      "config.optimizer.name='adam_typo': must be one of"),
     ("simclr_digits", {"method": "simclr_typo"}, "config.method='simclr_typo' is not a known "
@@ -267,7 +372,34 @@ BAD_CONFIGS = [
                                                           ": must be a pair (lo, hi)"),
     ("simclr_digits", {"augment.flip_prob": 1.5}, "config.augment.flip_prob=1.5: must be a "
                                                   "number >= 0 and <= 1"),
+    ("simclr_digits", {"augment.color_jitter_prob": 1.5},
+     "config.augment.color_jitter_prob=1.5: must be a number >= 0 and <= 1"),
+    ("moco_v3_digits", {"augment_views": ({"blur_prob": 1.5},)},
+     "entry 0 sets blur_prob=1.5, which must be a number >= 0 and <= 1"),
+    ("moco_v3_digits", {"augment_views": ({"blur_prb": 1.0},)},
+     "entry 0 sets 'blur_prb', which is not a key of config.augment (did you mean 'blur_prob'?)"),
+    ("swav_digits", {"multicrop.num_small": -1}, "config.multicrop.num_small=-1: must be an int "
+                                                 ">= 0"),
+    # ViTs: every crop the patch size must divide, of the model or of a two-tower's image tower.
+    ("moco_v3_digits", {"augment.crop_size": 18},
+     "config.augment.crop_size=18: must be a multiple of the ViT patch size 4 "
+     "(config.model.variant='Ti/4'), which drops the 2 px left over; use 16 or 20"),
+    ("moco_v3_digits", {"augment_views": ({"crop_size": 10},)},
+     "config.augment_views[0].crop_size=10: must be a multiple of the ViT patch size 4"),
+    ("swav_digits", {"model.name": "vit", "model.variant": "Ti/4", "model.heads": 2,
+                     "multicrop.num_small": 2, "multicrop.crop_size": 6},
+     "config.multicrop.crop_size=6: must be a multiple of the ViT patch size 4"),
+    ("clip_digits", {"augment.crop_size": 6}, "config.augment.crop_size=6: must be a multiple of "
+                                              "the ViT patch size 4 (config.model.image.variant"),
+    ("simclr_digits", {"model.name": "vit"}, "config.model.name='vit' needs config.model.variant"),
+    ("moco_v3_digits", {"model.heads": 3}, "config.model.heads=3: must divide the ViT width 16"),
     ("simclr_digits", {"data.name": "tfds"}, "set config.data.tfds_name"),
+    ("simclr_digits", {"data.name": "tfds", "data.tfds_name": "mnist"},
+     "config.data.name='tfds' reads a tfds array_record build: set config.data.data_dir"),
+    ("simclr_digits", {"model.width": 0}, "config.model.width=0: must be an int >= 1"),
+    ("simclr_digits", {"model.head_dim": 0}, "config.model.head_dim=0: must be an int >= 1"),
+    ("simclr_digits", {"model.head_hidden_dims": (0,)},
+     "config.model.head_hidden_dims=(0,): must be a tuple of ints >= 1"),
     ("simclr_digits", {"model.widht": 8}, "did you mean config.model.width?"),
     ("simclr_digits", {"optimizer.temperature": 0.1},
      "did you mean config.eval.knn.temperature or config.loss.temperature?"),
@@ -298,9 +430,11 @@ BAD_CONFIGS = [
     ("simclr_digits", {"data.name": "tfds", "data.tfds_name": "mnist",
                        "data.data_dir": "/nonexistent/tfds"},
      "config.data.data_dir='/nonexistent/tfds' does not exist"),
-    ("simclr_digits", {"init_from.workdir": "/nonexistent/run",
-                       "init_from.rules": ((".*", r"\g<0>"),)},
-     "config.init_from.workdir='/nonexistent/run' has no checkpoints/"),
+    ("simclr_digits", {"init_from.workdir": ROOT, "init_from.rules": ((".*", r"\g<0>"),)},
+     f"config.init_from.workdir={ROOT!r} has no checkpoints/"),
+    # A missing source is named before the rules (none here) are.
+    ("simclr_digits", {"init_from.workdir": "/nonexistent/run"},
+     "config.init_from.workdir='/nonexistent/run' does not exist; set it to the workdir"),
     ("swav_digits", {"swav.num_prototypes": 0}, "config.swav.num_prototypes=0: must be"),
 ]
 
@@ -317,3 +451,92 @@ def test_bad_config_fails_before_compiling_with_its_specific_message(recipe, ove
     train.train_and_evaluate(tiny_config(recipe, **overrides), str(tmp_path))
   assert message in str(error.value)
   assert not _steps(str(tmp_path))
+
+
+# --- the workdir: one run at a time, files a crash may have torn -----------------------------
+
+_HOLD_LOCK = """
+import sys, time
+from big_contrast import train
+train._WorkdirLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_is_refused_naming_the_first_and_a_killed_holder_blocks_nothing(tmp_path):
+  c = tiny_config(total_steps=2, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  workdir = str(tmp_path / "run")
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, workdir], cwd=ROOT, env=ENV,
+                            text=True, stdout=subprocess.PIPE)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(train.WorkdirInUse, match=rf"run is in use by pid {holder.pid} on "
+                       rf"{socket.gethostname()} since .*: wait for it to end"):
+      train.train_and_evaluate(c, workdir)
+    assert sorted(os.listdir(workdir)) == ["lock"]  # Refused before anything was written.
+  finally:
+    holder.kill()  # As a preempted job's node does: no cleanup runs.
+    holder.wait()
+  assert train.train_and_evaluate(c, workdir)["step"] == 2
+  # The lock names its holder while the run trains, in this process.
+  assert f"pid {os.getpid()} on {socket.gethostname()}" in open(os.path.join(workdir, "lock")).read()
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_created_is_named(tmp_path):
+  c = tiny_config(total_steps=2, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  (tmp_path / "file").write_text("data")
+  with pytest.raises(NotADirectoryError, match=r"--workdir='.*file' is a file; name a dir"):
+    train.train_and_evaluate(c, str(tmp_path / "file"))
+  with pytest.raises(PermissionError, match=r"--workdir='.*file/run' cannot be written \(Not "
+                     r"a directory\); choose a directory"):
+    train.train_and_evaluate(c, str(tmp_path / "file" / "run"))
+  assert (tmp_path / "file").read_text() == "data"
+
+
+def test_a_torn_config_json_resumes_with_a_warning_and_errors_reach_log_txt(tmp_path, caplog):
+  c = tiny_config(total_steps=2, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  train.train_and_evaluate(c, str(tmp_path))
+  saved = (tmp_path / "config.json").read_text()
+  (tmp_path / "config.json").write_text(saved[:len(saved) // 2])
+  c = tiny_config(total_steps=4, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    assert train.train_and_evaluate(c, str(tmp_path))["step"] == 4
+  assert "config.json is not valid JSON" in caplog.text
+  assert (tmp_path / "config.json.corrupt").read_text() == saved[:len(saved) // 2]
+  assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 4
+  # An error that stops a run is in log.txt with its traceback, after the earlier warning.
+  with pytest.raises(ValueError):
+    train.train_and_evaluate(tiny_config(total_steps=6, mesh=ONE_DEVICE, batch_size=1),
+                             str(tmp_path))
+  log = (tmp_path / "log.txt").read_text()
+  assert log.index("config.json is not valid JSON") < log.index(
+      "ERROR The run stopped: config.batch_size=1: must be an int >= 2")
+  assert "Traceback (most recent call last)" in log
+
+
+CLI_ERRORS = [
+    # (arguments, exit code, the last line of stderr)
+    (["--config=configs/moco_v2_digits.py", "--config.optimizer.learning_rate=0.1"], 2,
+     "FATAL Flags parsing error: config.optimizer.learning_rate is not a config key of this run "
+     "(a typo?); config.optimizer has ['b1', "),
+    (["--config=configs/moco_v2_digits.py", "--config.moco.queue_sise=8"], 2,
+     "did you mean config.moco.queue_size?"),
+    (["--config=configs/moco_v2_digit.py"], 2, "FATAL Flags parsing error: --config=configs/"
+                                               "moco_v2_digit.py: no such file; did you mean "
+                                               "configs/moco_v2_digits.py?"),
+    (CLI_ARGS + ["--config.batch_size=1"], 1,
+     "FATAL ValueError: config.batch_size=1: must be an int >= 2"),
+]
+
+
+@pytest.mark.parametrize("args, code, message", CLI_ERRORS)
+def test_cli_errors_are_one_message_naming_the_key_and_the_fix(args, code, message, tmp_path):
+  out = subprocess.run([sys.executable, "-m", "big_contrast.main", *args,
+                        f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=ENV, text=True,
+                       capture_output=True, timeout=300)
+  assert out.returncode == code, out.stderr[-3000:]
+  assert message in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+  if code == 1:  # The traceback is in the workdir's log.
+    assert f"(The traceback is in {tmp_path / 'run' / 'log.txt'}.)" in out.stderr
+    assert "Traceback" in (tmp_path / "run" / "log.txt").read_text()

@@ -72,6 +72,26 @@ def test_settings_checks_name_the_key_and_the_rule():
     assert message in str(e.value)
 
 
+def test_settings_widths_overrides_and_hints():
+  spec = {"dims": settings.widths((8,)), "n": settings.integer(2, low=2, hint="use more"),
+          "views": settings.overrides({"prob": settings.probability(0.5), "k": 1}, "sec")}
+  assert settings.defaults(spec).to_dict() == {"dims": (8,), "n": 2, "views": ()}
+  settings.check({"dims": (), "n": 3, "views": ({"prob": 1.0}, {"k": 5})}, spec)
+  for flat, message in [
+      ({"dims": (4, 0)}, "config.dims=(4, 0): must be a tuple of ints >= 1"),
+      ({"dims": 4}, "must be a tuple of ints >= 1"),
+      ({"n": 1}, "config.n=1: must be an int >= 2; use more."),
+      ({"views": ({"prob": 2.0},)}, "entry 0 sets prob=2.0, which must be a number >= 0 and "
+                                    "<= 1."),
+      ({"views": ({}, {"prb": 1})}, "entry 1 sets 'prb', which is not a key of config.sec (did "
+                                    "you mean 'prob'?)."),
+      ({"views": ({"zzz": 1},)}, "(it has ('prob', 'k'))."),
+      ({"views": (1,)}, "must be a tuple of dicts of config.sec keys.")]:
+    with pytest.raises(ValueError) as e:
+      settings.check(flat, spec)
+    assert message in str(e.value)
+
+
 def test_merge_updates_sections_and_later_wins():
   merged = settings.merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3, "z": 4}, "b": 2})
   assert merged == {"a": {"x": 1, "y": 3, "z": 4}, "b": 2}

@@ -28,8 +28,9 @@ def view_settings(num_views: int, choices=None) -> dict:
   """`config.num_views` large views and their `config.augment` / per-view overrides."""
   views = (settings.choice(num_views, choices) if choices else
            settings.integer(num_views, low=2))
+  # augment_views: per-view overrides of augment, e.g. ({"blur_prob": 1.0}, ...).
   return dict(num_views=views, augment=augment.SETTINGS,
-              augment_views=())  # Per-view overrides of augment, e.g. ({"blur_prob": 1.0}, ...).
+              augment_views=settings.overrides(augment.SETTINGS, "augment"))
 
 
 # SwAV's multi-crop: extra small views of every image (num_small=0: none).

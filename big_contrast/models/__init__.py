@@ -53,10 +53,11 @@ def encoder_settings(predictor: bool = False) -> dict:
   """`config.model` of an image method: backbone, projection head (head_*) and, for methods
   with a predictor, its hidden dims and last BatchNorm (predictor_*)."""
   spec = dict(BACKBONE_SETTINGS, **TOWER_SETTINGS,
-              head_hidden_dims=(2048,), head_dim=settings.integer(128, low=1),
+              head_hidden_dims=settings.widths((2048,)), head_dim=settings.integer(128, low=1),
               head_bn=settings.boolean(True), head_last_bn=settings.boolean(False))
   if predictor:
-    spec.update(predictor_hidden_dims=(4096,), predictor_last_bn=settings.boolean(False))
+    spec.update(predictor_hidden_dims=settings.widths((4096,)),
+                predictor_last_bn=settings.boolean(False))
   return spec
 
 
