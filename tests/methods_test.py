@@ -117,7 +117,10 @@ def test_shuffle_bn_groups_normalise_queries_in_order_and_keys_in_random_groups(
   for g in range(4):
     members = perm[8 * g:8 * g + 8]
     (_, alone), _ = moco.grouped_forward(method.model, params, state["model"], x[members], 1)
-    close(keys[members], alone)
+    # BatchNorm over 8 examples amplifies float32 reduction order in low-variance channels
+    # (measured up to 3e-3); a wrong group is off by 0.8 or more.
+    np.testing.assert_allclose(keys[members], alone, rtol=1e-3, atol=1e-2)
+    assert np.abs(base_q[members] - alone).max() > 0.1
   # So a query and its key see different batch statistics (different groups).
   assert not np.allclose(keys, base_q, atol=1e-2)
 
