@@ -75,11 +75,14 @@ def check_batch_size(config, train_size: int):
         "lower config.batch_size or train on a larger dataset.")
 
 
-def build_method(config, sched: methods.Schedule, mesh=None) -> methods.Method:
-  """`config.method` with the tokenizer of `config.text.tokenizer` if it trains on text."""
+def build_method(config, sched: methods.Schedule, mesh=None, tokenizer=None) -> methods.Method:
+  """`config.method` with, if it trains on text, `tokenizer` or that of
+  `config.text.tokenizer`."""
   cls = methods.METHODS.get(config.method)
-  tokenizer = (tokenizers.get_tokenizer(config.text.tokenizer)
-               if cls.data == sources.IMAGE_TEXT else None)
+  if cls.data != sources.IMAGE_TEXT:
+    tokenizer = None
+  elif tokenizer is None:
+    tokenizer = tokenizers.get_tokenizer(config.text.tokenizer)
   return cls(config, sched, mesh, tokenizer)
 
 
@@ -119,6 +122,24 @@ class Run:
   def global_batch(self, local_batch):
     return sharding.global_batch(local_batch, self.mesh)
 
+  def batch_shapes(self) -> dict:
+    """The global batch the step takes, as sharded ShapeDtypeStructs: views cropped on the
+    host for sources of encoded images, else whole images the device crops; labels; token
+    ids for methods that train on text."""
+    n, config = self.config.batch_size, self.config
+    rows = {"label": ((), np.int32)}
+    if sources.SOURCES.get(config.data.name).host_crops:
+      for name, specs in zip(("views", "small_views"), self.method.view_specs()):
+        if specs:
+          rows[name] = ((len(specs), specs[0].size, specs[0].size, 3), np.uint8)
+    else:
+      rows["image"] = ((config.data.image_size, config.data.image_size, 3), np.uint8)
+    if self.tokenizer is not None:
+      rows["text"] = ((self.tokenizer.length,), np.int32)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    return {k: jax.ShapeDtypeStruct((n, *shape), dtype, sharding=batch_sharding)
+            for k, (shape, dtype) in rows.items()}
+
   def encoder(self, name: str):
     """The method's `name` ("features", "encode_images", "encode_texts"), jitted once."""
     if name not in self._encoders:
@@ -131,11 +152,12 @@ class Run:
     return evaluate.evaluate(self, ts)
 
 
-def setup(config, devices=None, train_size: int | None = None) -> Run:
+def setup(config, devices=None, train_size: int | None = None, tokenizer=None) -> Run:
   """Checks `config` and builds its Run over `devices` (default: all of them).
 
   `train_size`: build without opening the data (benchmarks, ahead-of-time compilation); the
-  schedule then assumes a training split of that many examples.
+  schedule then assumes a training split of that many examples. `tokenizer`: instead of the
+  one `config.text.tokenizer` names (ahead-of-time compilation without its vocabulary file).
   """
   run_config.check(config)
   cls = methods.METHODS.get(config.method)
@@ -154,7 +176,7 @@ def setup(config, devices=None, train_size: int | None = None) -> Run:
     check_batch_size(config, train_size)
     example = np.asarray(train_src[0]["image"])[None]
   sched = schedule(config, train_size)
-  method = build_method(config, sched, mesh)
+  method = build_method(config, sched, mesh, tokenizer)
   grad_cache.check(config, method, mesh)
   warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * sched.steps_per_epoch))
   tx, lr_fn = optim.make(config.optimizer, config.batch_size, sched.total_steps, warmup_steps)

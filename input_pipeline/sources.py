@@ -43,6 +43,9 @@ class DataSource:
   open: Callable          # data_cfg -> (train source, test source, num_classes)
   kinds: tuple            # what it can feed: (IMAGES,) or (IMAGES, IMAGE_TEXT)
   check: Callable | None = None   # (data_cfg, kind) -> error text or None; before any read
+  # Batches hold views cropped on the host ("views", "small_views": [B, V, S, S, 3]) instead
+  # of whole images ("image": [B, S, S, 3]) that the device crops.
+  host_crops: bool = False
 
 
 def _check_data_dir(cfg, kind):
@@ -130,8 +133,10 @@ SOURCES.register("digits", DataSource(_digits, (IMAGES,)))
 SOURCES.register("tfds", DataSource(_tfds, (IMAGES,), _check_data_dir))
 SOURCES.register("digits_captions", DataSource(_image_text, (IMAGES, IMAGE_TEXT)))
 SOURCES.register("tfds_captions", DataSource(_image_text, (IMAGES, IMAGE_TEXT), _check_data_dir))
-SOURCES.register("image_folder", DataSource(_image_folder, (IMAGES,), _check_image_folder))
-SOURCES.register("prepared", DataSource(_prepared, (IMAGES, IMAGE_TEXT), _check_prepared))
+SOURCES.register("image_folder", DataSource(_image_folder, (IMAGES,), _check_image_folder,
+                                            host_crops=True))
+SOURCES.register("prepared", DataSource(_prepared, (IMAGES, IMAGE_TEXT), _check_prepared,
+                                        host_crops=True))
 
 
 def check(data_cfg, kind: str):

@@ -123,15 +123,16 @@ def load_config(config_path=None, workload=None, overrides=()):
 
 
 def synthetic_batch(run):
-  """Random device-resident batch of the shapes training sees (uint8 images, tokens)."""
-  config = run.config
+  """Random device-resident batch of the shapes training sees (`Run.batch_shapes`: uint8
+  images or host-cropped views, labels, token ids of made-up captions)."""
   rng = np.random.default_rng(0)
-  n, s = config.batch_size, config.data.image_size
-  batch = {"image": rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8),
-           "label": rng.integers(0, 10, (n,), dtype=np.int32)}
-  tokenizer = run.tokenizer
-  if tokenizer is not None:
-    batch["text"] = tokenizer.batch([f"a photo of item {i}" for i in range(n)])
+  batch = {}
+  for name, spec in run.batch_shapes().items():
+    n = spec.shape[0]
+    if name == "text":
+      batch[name] = run.tokenizer.batch([f"a photo of item {i}" for i in range(n)])
+    else:
+      batch[name] = rng.integers(0, 10 if name == "label" else 256, spec.shape, spec.dtype)
   # Every process holds its rows, as the pipeline would deliver them.
   p, count = jax.process_index(), jax.process_count()
   local = {k: v[p * n // count:(p + 1) * n // count] for k, v in batch.items()}
