@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from big_contrast import models
 from big_contrast import settings
 from big_contrast import sharding
 
@@ -108,7 +109,8 @@ def check_source(cfg):
 
 
 def read_source(cfg, config=None) -> dict:
-  """{path: numpy array} of the source checkpoint's params and state (or PyTorch weights)."""
+  """{path: numpy array} of the source checkpoint's params and state (or PyTorch weights),
+  transformer blocks unrolled ("block{i}/...") whether or not the source scanned them."""
   check_source(cfg)
   if _torch_source(cfg):
     return _read_torch(cfg, config)
@@ -124,7 +126,7 @@ def read_source(cfg, config=None) -> dict:
         lambda m: ocp.RestoreArgs(restore_type=np.ndarray) if hasattr(m, "shape") else None,
         metadata)
     restored = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=target))
-  return _flat_state(restored)
+  return models.unstack_layers(_flat_state(restored))
 
 
 def plan(cfg, abstract_state) -> dict:
@@ -155,6 +157,8 @@ def load(cfg, abstract_state, config=None) -> dict:
   dst = _flat_state(abstract_state)
   mapping = _match(cfg, dst)
   source = read_source(cfg, config)
+  if any(models.is_scanned(p) for p in dst):  # This model scans its blocks: stack the source's.
+    source = models.stack_layers(source)
   values = {}
   for path, src in mapping.items():
     if src not in source:

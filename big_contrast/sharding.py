@@ -86,14 +86,16 @@ def path_name(path) -> str:
 # block needs one all-reduce forward and one backward per half. The MAP head (one block
 # over a single query) is left to FSDP: with both its tensor and fsdp splits, XLA's CPU
 # partitioner (jax 0.10.2) computed a wrong loss (tests/sharding_test.py catches it).
+# "block\d+" unrolled, "blocks/block" scanned (model.scan_layers).
+_BLOCK = r".*(block\d+|blocks/block)"
 TRANSFORMER_TP = (
-    (r".*block\d+/MultiHeadDotProductAttention_0/(query|key|value)/kernel",
+    (_BLOCK + r"/MultiHeadDotProductAttention_0/(query|key|value)/kernel",
      (None, "tensor", None)),                                        # [D, heads, head_dim]
-    (r".*block\d+/MultiHeadDotProductAttention_0/(query|key|value)/bias", ("tensor", None)),
-    (r".*block\d+/MultiHeadDotProductAttention_0/out/kernel", ("tensor", None, None)),
-    (r".*block\d+/Dense_0/kernel", (None, "tensor")),                # MLP in [D, 4D]
-    (r".*block\d+/Dense_0/bias", ("tensor",)),
-    (r".*block\d+/Dense_1/kernel", ("tensor", None)),                # MLP out [4D, D]
+    (_BLOCK + r"/MultiHeadDotProductAttention_0/(query|key|value)/bias", ("tensor", None)),
+    (_BLOCK + r"/MultiHeadDotProductAttention_0/out/kernel", ("tensor", None, None)),
+    (_BLOCK + r"/Dense_0/kernel", (None, "tensor")),                 # MLP in [D, 4D]
+    (_BLOCK + r"/Dense_0/bias", ("tensor",)),
+    (_BLOCK + r"/Dense_1/kernel", ("tensor", None)),                 # MLP out [4D, D]
 )
 # Named rule sets that `config.sharding.rules` may list by name.
 PRESETS = {"fsdp": ((".*", "fsdp"),), "transformer_tp": TRANSFORMER_TP}
@@ -135,11 +137,14 @@ def _leaf_spec(name, shape, mesh, rules, min_size):
 
   A tuple spec names an axis per dimension (it must divide that dimension); a
   string spec, e.g. "fsdp", shards the largest free dimension that divides by
-  that axis (FSDP), or nothing if none does. Axes of size 1 are left out.
+  that axis (FSDP), or nothing if none does. Axes of size 1 are left out. The
+  leading depth axis of scanned blocks ("blocks/block/...") is never split: a tuple
+  spec names the dimensions of one block.
   """
   spec = [None] * len(shape)
   if math.prod(shape) < min_size:
     return P()
+  layers = 1 if re.search(r"(^|/)blocks/block/", name) else 0
   used = set()
   for pattern, rule in rules:
     if not re.fullmatch(pattern, name):
@@ -147,16 +152,16 @@ def _leaf_spec(name, shape, mesh, rules, min_size):
     if isinstance(rule, str):
       if mesh.shape[rule] == 1 or rule in used:
         continue
-      free = [i for i in range(len(shape))
+      free = [i for i in range(layers, len(shape))
               if spec[i] is None and shape[i] % mesh.shape[rule] == 0]
       if free:
         spec[max(free, key=lambda i: (shape[i], -i))] = rule
         used.add(rule)
       continue
-    if len(rule) > len(shape):
+    if len(rule) > len(shape) - layers:
       raise ValueError(f"config.sharding.rules: ({pattern!r}, {rule}) has {len(rule)} "
                        f"entries but {name} has shape {shape}.")
-    for i, axes in enumerate(rule):
+    for i, axes in enumerate(rule, start=layers):
       axes = tuple(a for a in _names(axes) if mesh.shape[a] > 1 and a not in used)
       if not axes or spec[i] is not None:
         continue

@@ -84,6 +84,53 @@ def test_remat_keeps_params_loss_and_gradients(kind):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=remat)
 
 
+def _flat(tree):
+  return {"/".join(str(k.key) for k in path): np.asarray(x)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _nest(flat):
+  out = {}
+  for path, x in flat.items():
+    *parents, leaf = path.split("/")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = x
+  return out
+
+
+@pytest.mark.parametrize("kind", ["vit", "text"])
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_blocks_compute_what_unrolled_blocks_compute(kind, remat):
+  model, x = _tiny(kind, remat=remat)
+  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), params)
+  scanned_model, _ = _tiny(kind, remat=remat, scan_layers=True)
+  shapes = jax.eval_shape(lambda x: scanned_model.init(jax.random.PRNGKey(0), x, train=False),
+                          x)["params"]
+  stacked = models.stack_layers(_flat(params))
+  # One stack of 2 blocks in place of block0 and block1, each leaf with a leading depth axis.
+  assert sorted(stacked) == sorted(_flat(shapes)) and "blocks/block/Dense_0/kernel" in stacked
+  assert stacked["blocks/block/Dense_0/kernel"].shape == (2, 16, 64)
+  assert _flat(models.unstack_layers(stacked)).keys() == _flat(params).keys()
+  for k, v in models.unstack_layers(stacked).items():
+    np.testing.assert_array_equal(v, _flat(params)[k])
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: _loss(m, x)(p, {})[0]))
+  want_value, want_grad = loss(model)(params)
+  value, grad = loss(scanned_model)(_nest(stacked))
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  for k, g in models.unstack_layers(_flat(grad)).items():
+    np.testing.assert_allclose(g, _flat(want_grad)[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_scan_layers_is_refused_for_a_resnet():
+  c = tiny_config(**{"model.scan_layers": True})
+  with pytest.raises(ValueError, match="config.model.scan_layers=True applies to transformer "
+                                       "blocks.*set it to False"):
+    run_lib.setup(c, train_size=64)
+
+
 def _grad_temp_bytes(model, x):
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
   grad = jax.grad(lambda *v: _loss(model, x)(*v)[0])

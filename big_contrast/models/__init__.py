@@ -6,6 +6,9 @@ from big_contrast.models.text import TextTransformer
 from big_contrast.models.two_tower import TwoTower
 from big_contrast.models.vit import MAPHead
 from big_contrast.models.vit import ViT
+from big_contrast.models.vit import is_scanned
+from big_contrast.models.vit import stack_layers
+from big_contrast.models.vit import unstack_layers
 from big_contrast.models.vit import vit
 
 import jax.numpy as jnp
@@ -17,10 +20,12 @@ from big_contrast.models.vit import VARIANTS
 
 DTYPES = ("float32", "bfloat16", "float16")
 
-# What every model section takes: compute dtype, storage dtype, rematerialisation policy.
+# What every model section takes: compute dtype, storage dtype, rematerialisation policy,
+# and whether transformer blocks run as one scan (ViT and text towers; compile time flat in
+# depth, parameters stacked: models/vit.py `blocks`).
 TOWER_SETTINGS = dict(
     dtype=settings.choice("float32", DTYPES), param_dtype=settings.choice("float32", DTYPES),
-    remat=settings.choice("none", tuple(remat.POLICIES)))
+    remat=settings.choice("none", tuple(remat.POLICIES)), scan_layers=settings.boolean(False))
 
 
 def _variant(v):
@@ -84,8 +89,10 @@ def dtypes(cfg) -> dict:
 
 
 def _tower_kw(cfg) -> dict:
-  """dtype, param_dtype and remat of a tower from `config.model`, checked before any trace."""
-  return dict(dtypes(cfg), remat=remat.check(cfg.get("remat", "none")))
+  """dtype, param_dtype, remat and scan_layers of a tower from `config.model`, checked before
+  any trace."""
+  return dict(dtypes(cfg), remat=remat.check(cfg.get("remat", "none")),
+              scan_layers=bool(cfg.get("scan_layers", False)))
 
 
 def backbone(cfg, top=None):
@@ -96,6 +103,9 @@ def backbone(cfg, top=None):
   """
   kw = _tower_kw(top or cfg)
   if cfg.name == "resnet":
+    if kw.pop("scan_layers"):
+      raise ValueError("config.model.scan_layers=True applies to transformer blocks (ViT, text "
+                       "tower); a ResNet's stages differ in shape: set it to False.")
     return ResNet(depth=cfg.depth, width=cfg.get("width", 64), stem=cfg.get("stem", "imagenet"),
                   **kw)
   if cfg.name == "vit":

@@ -4,9 +4,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from big_contrast.models import remat as remat_lib
-from big_contrast.models.vit import Block
 from big_contrast.models.vit import MAPHead
+from big_contrast.models.vit import blocks
 
 POOLS = ("last", "first", "gap", "map")
 
@@ -29,6 +28,7 @@ class TextTransformer(nn.Module):
     pad_id: the padding id.
     dtype, param_dtype: compute and parameter storage dtypes.
     remat: rematerialisation policy of every block (remat.POLICIES).
+    scan_layers: run the blocks as one nn.scan (models/vit.py `blocks`).
   """
   vocab_size: int
   width: int = 512
@@ -41,6 +41,7 @@ class TextTransformer(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, tokens, train: bool = True):
@@ -61,10 +62,9 @@ class TextTransformer(nn.Module):
     mask = nn.make_attention_mask(valid, valid)
     if self.causal:
       mask = nn.combine_masks(mask, nn.make_causal_mask(tokens))
-    block = remat_lib.wrap(Block, self.remat)
-    for i in range(self.depth):
-      x = block(self.heads, 4 * self.width, self.dtype, self.param_dtype,
-                name=f"block{i}")(x, mask)
+    x = blocks(x, mask, depth=self.depth, heads=self.heads, mlp_dim=4 * self.width,
+               dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+               scan=self.scan_layers)
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
     if self.pool == "last":
       last = jnp.maximum(valid.sum(1) - 1, 0)

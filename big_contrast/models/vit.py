@@ -1,4 +1,5 @@
 """Vision Transformer (Dosovitskiy et al. 2021) as a Flax Linen module."""
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -48,6 +49,84 @@ class Block(nn.Module):
     return x + _mlp(norm()(x), self.mlp_dim, self.dtype, self.param_dtype)
 
 
+class _ScanStep(nn.Module):
+  """One block as a step of nn.scan: (x, mask) -> (x, None)."""
+  heads: int
+  mlp_dim: int
+  dtype: Any
+  param_dtype: Any
+  remat: str
+
+  @nn.compact
+  def __call__(self, x, mask):
+    block = remat_lib.wrap(Block, self.remat)
+    return block(self.heads, self.mlp_dim, self.dtype, self.param_dtype, name="block")(
+        x, mask), None
+
+
+def blocks(x, mask, *, depth: int, heads: int, mlp_dim: int, dtype, param_dtype, remat: str,
+           scan: bool):
+  """`depth` blocks, called inside a parent's compact __call__. Unrolled, block i's parameters
+  are at "block{i}/..."; with `scan`, one block is traced and compiled once and run `depth`
+  times (compile time stays flat in depth), its parameters stacked at "blocks/block/..." with
+  a leading depth axis (`stack_layers` / `unstack_layers` convert between the two)."""
+  if not scan:
+    block = remat_lib.wrap(Block, remat)
+    for i in range(depth):
+      x = block(heads, mlp_dim, dtype, param_dtype, name=f"block{i}")(x, mask)
+    return x
+  scanned = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=nn.broadcast, length=depth)
+  x, _ = scanned(heads, mlp_dim, dtype, param_dtype, remat, name=SCANNED_BLOCKS)(x, mask)
+  return x
+
+
+SCANNED_BLOCKS = "blocks"  # The scanned stack's name; its one block is "blocks/block".
+_UNROLLED = re.compile(r"block(\d+)")
+
+
+def _scanned_at(parts: list) -> int | None:
+  """Where a path's segments hold the scanned stack "blocks", "block" (None: nowhere)."""
+  return next((i for i in range(len(parts) - 1)
+               if parts[i] == SCANNED_BLOCKS and parts[i + 1] == "block"), None)
+
+
+def is_scanned(path: str) -> bool:
+  return _scanned_at(path.split("/")) is not None
+
+
+def unstack_layers(flat: dict) -> dict:
+  """{"a/b/...": array} with every scanned stack ".../blocks/block/..." [depth, ...] unrolled
+  into ".../block{i}/..." (the layout of scan_layers=False, which export and init_from read)."""
+  out = {}
+  for path, x in flat.items():
+    parts = path.split("/")
+    at = _scanned_at(parts)
+    if at is None:
+      out[path] = x
+      continue
+    for i in range(x.shape[0]):
+      out["/".join(parts[:at] + [f"block{i}"] + parts[at + 2:])] = np.asarray(x)[i]
+  return out
+
+
+def stack_layers(flat: dict) -> dict:
+  """The inverse of unstack_layers: ".../block{i}/..." leaves stacked into
+  ".../blocks/block/..." in the order of i."""
+  out, stacks = {}, {}
+  for path, x in flat.items():
+    parts = path.split("/")
+    at = next((j for j, p in enumerate(parts[:-1]) if _UNROLLED.fullmatch(p)), None)
+    if at is None:
+      out[path] = x
+      continue
+    key = "/".join(parts[:at] + [SCANNED_BLOCKS, "block"] + parts[at + 1:])
+    stacks.setdefault(key, {})[int(parts[at][5:])] = x
+  for key, layers in stacks.items():
+    out[key] = np.stack([np.asarray(layers[i]) for i in range(len(layers))])
+  return out
+
+
 class MAPHead(nn.Module):
   """Multihead attention pooling (Lee et al. 2019; big_vision's "map" head): a learned query
   attends over the tokens, followed by a residual MLP. [B, L, C] -> [B, C]."""
@@ -83,6 +162,7 @@ class ViT(nn.Module):
     posemb: "sincos2d" (fixed) or "learn".
     dtype, param_dtype: compute and parameter storage dtypes.
     remat: rematerialisation policy of every block (remat.POLICIES).
+    scan_layers: run the blocks as one nn.scan (see `blocks`).
   """
   width: int = 384
   depth: int = 12
@@ -93,6 +173,7 @@ class ViT(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: str = "none"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -112,9 +193,9 @@ class ViT(nn.Module):
     if self.pool == "cls":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, c), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)).astype(x.dtype), x], axis=1)
-    block = remat_lib.wrap(Block, self.remat)
-    for i in range(self.depth):
-      x = block(self.heads, 4 * self.width, self.dtype, self.param_dtype, name=f"block{i}")(x)
+    x = blocks(x, None, depth=self.depth, heads=self.heads, mlp_dim=4 * self.width,
+               dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+               scan=self.scan_layers)
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
     if self.pool == "map":
       x = MAPHead(self.heads, 4 * self.width, self.dtype, self.param_dtype, name="map_head")(x)
