@@ -1,0 +1,127 @@
+"""One-shot GPU check: our train steps beside the PyTorch peers, measured in one command.
+
+  python -m tools.gpu_check --peer_bench=.peers/peer_bench.py --out=$OUT   # one H100 / H200
+
+1. The peers' script (`../shared/peers/peer_bench.py`: open_clip ViT-B/16 CLIP with softmax
+   and sigmoid loss, torchvision ResNet-50 SimCLR 2×224; bf16 autocast, eager and
+   torch.compile, batch 256) runs first, in a child process, so that torch and JAX never hold
+   GPU memory at the same time.
+2. `tools/benchmark.py` then times our steps for the same work (workloads siglip_b16 and
+   simclr_r50: batch 256, bf16, synthetic device-resident batches).
+3. OUT/gpu_check.json holds both results and the ratios; the table compares our images/s with
+   the peer's compiled and eager ones against the targets (ViT-B/16 SigLIP >= 1.3x open_clip
+   + torch.compile, ResNet-50 SimCLR >= 1.2x torch.compile).
+
+`--tiny` runs the same steps with test-sized models (any device), and `--peer_json` reads a
+peer result instead of running the script: how the check itself is tested on a CPU.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# (our workload, the peer's result keys without the _eager / _compile suffix, target ratio)
+COMPARISONS = (
+    ("siglip_b16", "open_clip_vitb16_sigmoid_b256", 1.3),
+    ("simclr_r50", "torch_simclr_r50_b256x2", 1.2),
+)
+# Test-sized variants of the workloads: the same recipes and code paths, small models.
+TINY = {
+    "siglip_b16": {"batch_size": 8, "data.image_size": 32, "augment.crop_size": 32,
+                   "model.image.variant": "Ti/16", "model.image.depth": 1,
+                   "model.text.depth": 1, "model.text.width": 64, "model.text.heads": 2,
+                   "model.embed_dim": 32, "text.tokenizer.length": 16},
+    "simclr_r50": {"batch_size": 8, "data.image_size": 32, "augment.crop_size": 32,
+                   "model.depth": 10, "model.width": 8, "model.head_hidden_dims": (32,),
+                   "model.head_dim": 16},
+}
+
+
+def run_peers(script: str, out: str) -> dict:
+  """The peers' results: runs `script` (clip, simclr) with OUT=`out`; reads its JSON."""
+  env = dict(os.environ, OUT=out, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+  subprocess.run([sys.executable, script, "clip", "simclr"], env=env, check=True)
+  with open(os.path.join(out, "peer_bench.json")) as f:
+    return json.load(f)
+
+
+def run_ours(tiny: bool, steps: int, warmup: int) -> dict:
+  from tools import benchmark
+  results = {}
+  for workload, _, _ in COMPARISONS:
+    overrides = [f"{k}={v!r}" for k, v in TINY[workload].items()] if tiny else []
+    config = benchmark.load_config(workload=workload, overrides=overrides)
+    results[workload] = benchmark.run(config, "synthetic", steps, warmup)
+    print(benchmark.table(results[workload]), file=sys.stderr, flush=True)
+  return results
+
+
+def ratios(ours: dict, peers: dict) -> list:
+  """One row per comparison: our images/s over the peer's, compiled and eager."""
+  rows = []
+  for workload, peer, target in COMPARISONS:
+    row = {"workload": workload, "peer": peer, "target": target,
+           "ours_img_per_s": ours[workload]["images_per_s"], "ours_mfu": ours[workload]["mfu"]}
+    for mode in ("compile", "eager"):
+      result = peers.get(f"{peer}_{mode}")
+      value = result.get("img_per_s") if isinstance(result, dict) else None
+      row[f"peer_{mode}_img_per_s"] = value
+      row[f"ratio_{mode}"] = row["ours_img_per_s"] / value if value else None
+    row["meets_target"] = row["ratio_compile"] is not None and row["ratio_compile"] >= target
+    rows.append(row)
+  return rows
+
+
+def table(rows: list, device: str) -> str:
+  fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+  lines = [f"On {device}: our images/s over the peer's (targets against torch.compile)",
+           "| workload | ours img/s | peer compiled | peer eager | ours / compiled | ours / eager "
+           "| target |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['workload']} | {r['ours_img_per_s']:,.0f} | "
+        f"{fmt(r['peer_compile_img_per_s'], ',.0f')} | {fmt(r['peer_eager_img_per_s'], ',.0f')} "
+        f"| {fmt(r['ratio_compile'], '.2f')}x | {fmt(r['ratio_eager'], '.2f')}x | "
+        f">= {r['target']}x: {'met' if r['meets_target'] else 'NOT met'} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--peer_bench", default="../shared/peers/peer_bench.py",
+                      help="the peers' script (copy it into the tree to carry it to a device)")
+  parser.add_argument("--peer_json", help="a peer result to read instead of running the script")
+  parser.add_argument("--out", default=os.environ.get("OUT", "."), help="where the JSON goes")
+  parser.add_argument("--tiny", action="store_true", help="test-sized models (CPU tests)")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=3)
+  args = parser.parse_args(argv)
+  # JAX must not take the GPU's memory up front: torch ran there first and may still hold some.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  os.makedirs(args.out, exist_ok=True)
+  start = time.time()
+  if args.peer_json:
+    with open(args.peer_json) as f:
+      peers = json.load(f)
+  else:
+    if not os.path.isfile(args.peer_bench):
+      parser.error(f"--peer_bench={args.peer_bench} does not exist; copy "
+                   "../shared/peers/peer_bench.py into the tree (e.g. .peers/) and name it, or "
+                   "give --peer_json.")
+    peers = run_peers(args.peer_bench, args.out)
+  ours = run_ours(args.tiny, args.steps, args.warmup)
+  import jax
+  device = jax.devices()[0].device_kind
+  rows = ratios(ours, peers)
+  result = {"device": device, "jax": jax.__version__, "tiny": args.tiny, "ratios": rows,
+            "ours": ours, "peers": peers, "wall_s": time.time() - start}
+  with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  print(table(rows, device))
+  return result
+
+
+if __name__ == "__main__":
+  main()
