@@ -29,15 +29,48 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "HOST:PORT of process 0 for jax.distributed (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "jax.distributed.initialize() with the cluster auto-detected "
-                                 "(SLURM, TPU, Open MPI).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "jax.distributed.initialize() with the cluster auto-detected (also "
+    "Cloud TPU VM slices, from their metadata). Unset: whenever the environment describes "
+    "several processes (srun under SLURM, a TPU slice on GKE, mpirun, a Kubernetes indexed Job "
+    "or JobSet); --nodistributed: never.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def detected_cluster(env=os.environ) -> str | None:
+  """The multi-process launcher this process runs under, from its environment; None for a
+  single process. srun sets SLURM_NTASKS and SLURM_STEP_NODELIST (a batch script alone has no
+  step node list); GKE, on each host of a multi-host TPU slice, TPU_WORKER_HOSTNAMES; Open MPI
+  OMPI_COMM_WORLD_SIZE; a Kubernetes indexed Job or JobSet's manifest JAX_COORDINATOR_ADDRESS
+  (with JAX_NUM_PROCESSES; the Job sets JOB_COMPLETION_INDEX)."""
+  if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env:
+    return "SLURM"
+  if len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    return "TPU on GKE"
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "Open MPI"
+  if "JAX_COORDINATOR_ADDRESS" in env:
+    return "Kubernetes / JAX_COORDINATOR_ADDRESS"
+  return None
+
+
+def _env_process(env=os.environ) -> tuple | None:
+  """(coordinator, processes, process id) from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID or JOB_COMPLETION_INDEX, which jax itself does not all read."""
+  if "JAX_COORDINATOR_ADDRESS" not in env:
+    return None
+  index = env.get("JAX_PROCESS_ID", env.get("JOB_COMPLETION_INDEX"))
+  if "JAX_NUM_PROCESSES" not in env or index is None:
+    raise app.UsageError("JAX_COORDINATOR_ADDRESS is set, so this process joins a multi-process "
+                         "run: also set JAX_NUM_PROCESSES and JAX_PROCESS_ID (a Kubernetes "
+                         "indexed Job sets JOB_COMPLETION_INDEX, which serves as the id).")
+  return env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]), int(index)
+
+
 def init_distributed():
-  """jax.distributed from the flags; a no-op for a single-process run."""
+  """jax.distributed from the flags or the environment; a no-op for a single process."""
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  cluster = "flags"
   if any(v is not None for v in explicit):
     if None in explicit:
       raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
@@ -45,14 +78,21 @@ def init_distributed():
     if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
       raise app.UsageError(f"--process_id={_PROCESS_ID.value} must be in "
                            f"[0, --num_processes={_NUM_PROCESSES.value}).")
-  elif not _DISTRIBUTED.value:
+  elif _DISTRIBUTED.value is False:
     return
+  else:
+    cluster = detected_cluster()
+    if cluster is None and not _DISTRIBUTED.value:
+      return
+    explicit = _env_process() or explicit
   # Cross-process collectives on the CPU backend (tests, CPU clusters); GPUs/TPUs ignore it.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if explicit[0]:
     jax.distributed.initialize(*explicit)
   else:
-    jax.distributed.initialize()  # Auto-detected cluster.
+    jax.distributed.initialize()  # jax reads the cluster (SLURM, TPU, Open MPI) itself.
+  logging.info("jax.distributed (%s): process %d of %d.", cluster or "auto-detected",
+               jax.process_index(), jax.process_count())
 
 
 def _flag_values(argv, name: str) -> list:

@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from big_contrast import train
 from conftest import subprocess_env
@@ -55,6 +56,17 @@ def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def _free_port_from(low: int) -> int:
+  for port in range(low + os.getpid() % 1000, 65536):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+        return port
+      except OSError:
+        continue
+  raise RuntimeError(f"no free port above {low}")
 
 
 def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
@@ -138,3 +150,49 @@ def test_cli_rejects_partial_distributed_flags(tmp_path):
   assert out.returncode != 0
   assert "go together" in out.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def _launcher_env(kind: str, i: int, port: int) -> dict:
+  """What srun, or a Kubernetes indexed Job with the README's manifest, sets for process i."""
+  if kind == "slurm":  # jax derives the port from the job id: 61440 + id % 4096.
+    return {"SLURM_JOB_ID": str(port - 61440), "SLURM_STEP_NODELIST": "127.0.0.1",
+            "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+            "SLURM_STEP_NUM_NODES": "1"}
+  return {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+          "JOB_COMPLETION_INDEX": str(i)}
+
+
+@pytest.mark.parametrize("kind", ["slurm", "kubernetes"])
+def test_cli_joins_the_processes_a_launcher_describes_without_flags(kind, tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  port = _free_port_from(61440)  # Above Linux's ephemeral range: what jax picks for SLURM.
+  workdir = str(tmp_path / kind)
+  workers = [subprocess.Popen(
+      [sys.executable, "-m", "big_contrast.main", "--config=configs/simclr_digits.py",
+       f"--workdir={workdir}", *_TINY_FLAGS, "--config.total_steps=2"],
+      env=subprocess_env(2, PYTHONPATH=root, **_launcher_env(kind, i, port)), cwd=root,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [w.communicate(timeout=400) for w in workers]
+  for w, (_, err) in zip(workers, outs):
+    assert w.returncode == 0, err[-3000:]
+  assert "Finished 2 steps" in outs[0][0] and "Finished" not in outs[1][0]
+  assert "process 1 of 2" in outs[1][1]  # Joined as the second of two processes.
+  assert len(_losses(workdir)) == 2
+
+
+def test_launchers_are_told_apart_by_their_environment():
+  from big_contrast import main
+  assert main.detected_cluster({}) is None
+  assert main.detected_cluster({"SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "n[1-4]"}) == "SLURM"
+  # An sbatch script itself (no step) and a one-task step are single processes.
+  assert main.detected_cluster({"SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "n[1-4]"}) is None
+  assert main.detected_cluster({"SLURM_NTASKS": "1", "SLURM_STEP_NODELIST": "n1"}) is None
+  assert main.detected_cluster({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == "TPU on GKE"
+  assert main.detected_cluster({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+  assert main.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8"}) == "Open MPI"
+  env = {"JAX_COORDINATOR_ADDRESS": "trainer-0.trainer:1234", "JAX_NUM_PROCESSES": "4",
+         "JOB_COMPLETION_INDEX": "3"}
+  assert main.detected_cluster(env).startswith("Kubernetes")
+  assert main._env_process(env) == ("trainer-0.trainer:1234", 4, 3)
+  with pytest.raises(Exception, match="also set JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+    main._env_process({"JAX_COORDINATOR_ADDRESS": "x:1"})
