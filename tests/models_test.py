@@ -1,4 +1,5 @@
 """Backbones and heads: shapes, stems, dtypes and rematerialisation."""
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,19 +86,11 @@ def test_remat_keeps_params_loss_and_gradients(kind):
 
 
 def _flat(tree):
-  return {"/".join(str(k.key) for k in path): np.asarray(x)
-          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _nest(flat):
-  out = {}
-  for path, x in flat.items():
-    *parents, leaf = path.split("/")
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = x
-  return out
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 @pytest.mark.parametrize("kind", ["vit", "text"])

@@ -152,25 +152,22 @@ def test_cli_rejects_partial_distributed_flags(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def _launcher_env(kind: str, i: int, port: int) -> dict:
-  """What srun, or a Kubernetes indexed Job with the README's manifest, sets for process i."""
-  if kind == "slurm":  # jax derives the port from the job id: 61440 + id % 4096.
-    return {"SLURM_JOB_ID": str(port - 61440), "SLURM_STEP_NODELIST": "127.0.0.1",
-            "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
-            "SLURM_STEP_NUM_NODES": "1"}
-  return {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-          "JOB_COMPLETION_INDEX": str(i)}
+def _srun_env(i: int, port: int) -> dict:
+  """What srun sets for task i of a 2-task step on this host (jax derives the coordinator's
+  port from the job id: 61440 + id % 4096)."""
+  return {"SLURM_JOB_ID": str(port - 61440), "SLURM_STEP_NODELIST": "127.0.0.1",
+          "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+          "SLURM_STEP_NUM_NODES": "1"}
 
 
-@pytest.mark.parametrize("kind", ["slurm", "kubernetes"])
-def test_cli_joins_the_processes_a_launcher_describes_without_flags(kind, tmp_path):
+def test_cli_joins_the_processes_srun_describes_without_flags(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   port = _free_port_from(61440)  # Above Linux's ephemeral range: what jax picks for SLURM.
-  workdir = str(tmp_path / kind)
+  workdir = str(tmp_path / "slurm")
   workers = [subprocess.Popen(
       [sys.executable, "-m", "big_contrast.main", "--config=configs/simclr_digits.py",
        f"--workdir={workdir}", *_TINY_FLAGS, "--config.total_steps=2"],
-      env=subprocess_env(2, PYTHONPATH=root, **_launcher_env(kind, i, port)), cwd=root,
+      env=subprocess_env(2, PYTHONPATH=root, **_srun_env(i, port)), cwd=root,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [w.communicate(timeout=400) for w in workers]
   for w, (_, err) in zip(workers, outs):

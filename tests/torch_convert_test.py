@@ -271,6 +271,28 @@ def test_cli_exports_a_siglip_run_with_clip_bpe_that_open_clip_reproduces(tmp_pa
     export_pytorch.load_tokenizer(str(tmp_path / "img"))
 
 
+def test_a_run_with_scanned_blocks_exports_what_it_computes(tmp_path):
+  """model.scan_layers stores both towers' blocks stacked; the export unrolls them."""
+  from big_contrast import methods
+  c = tiny_config("siglip_digits", total_steps=1, mesh=[("data", 1)], **{
+      "model.scan_layers": True, "model.image.depth": 2, "model.text.depth": 2,
+      "eval.evaluators": ()})
+  ts = train.train_and_evaluate(c, str(tmp_path / "run"))["train_state"]
+  assert ts["params"]["image"]["blocks"]["block"]["Dense_0"]["kernel"].shape[0] == 2
+  assert "block0" not in ts["params"]["image"] and "block0" not in ts["params"]["text"]
+  export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+  clip = export_pytorch.load_torch(str(tmp_path / "out"))
+  method = run_lib.build_method(c, methods.Schedule(1, 1))
+  tokens = method.tokenizer.batch(["a thin 3", "A BOLD, slanted seven!!", ""])
+  x = method.eval_view(np.random.RandomState(7).randint(0, 256, (3, 8, 8, 3)).astype(np.uint8))
+  want_img, want_txt = method.model.apply(
+      {"params": ts["params"], **ts["state"]["model"]}, x, tokens, train_image=False,
+      train_text=False, method=type(method.model).embed)
+  _assert_close(clip.encode_image(_nchw(x), normalize=True).numpy(), want_img)
+  _assert_close(clip.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy(),
+                want_txt)
+
+
 def test_lit_locks_an_image_tower_loaded_from_torchvision_weights(tmp_path):
   """init_from.torch: a torchvision ResNet-18's weights (its fc dropped) become LiT's locked
   image tower; after training, the tower still computes what the torchvision model does."""

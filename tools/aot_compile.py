@@ -10,7 +10,11 @@ abstract chips and compiles it without running it. Per chip it reports what XLA'
 program says: argument, output, temporary and aliased (donated) bytes, their total against
 the chip's HBM, FLOPs and bytes accessed; then a roofline step time,
 max(FLOPs / bf16 peak, bytes / HBM bandwidth), from the chip's data sheet, and the images/s
-that implies. `--max_batch` bisects over compiles for the largest global batch that fits.
+that implies. FLOPs are the larger of XLA's count and the matmul count of the step's jaxpr
+(tools/benchmark.py) over the chips: XLA counts a loop body once, so with model.scan_layers
+its FLOPs and bytes see one block; the jaxpr count multiplies by the depth, and the memory
+term is then a lower bound. `--max_batch` bisects over compiles for the largest global batch
+that fits.
 
 A recipe that reads its text tokenizer from a file compiles without the file: the token
 embedding gets `--vocab_size` rows (default: SentencePiece 32,000, as big_vision's c4_en
@@ -18,15 +22,12 @@ model; CLIP's BPE 49,408).
 """
 import argparse
 import dataclasses
-import json
-import math
 import os
 import re
 import sys
 import time
 
 import jax
-import numpy as np
 
 # Per chip, from the vendor's data sheets: HBM, dense bf16 peak, HBM bandwidth, and whether
 # the runtime joins the chip's two TensorCores into one device (megacore).
@@ -88,7 +89,6 @@ class _VocabOnly:
 
 
 def _tokenizer(config, vocab_size):
-  from input_pipeline import tokenizers
   cfg = config.get("text", {}).get("tokenizer")
   if not cfg or cfg.get("name", "bytes") == "bytes" or (
       cfg.get("path") and vocab_size is None):
@@ -101,6 +101,7 @@ def compile_step(config, topology: str, vocab_size: int | None = None) -> dict:
   from big_contrast import methods
   from big_contrast import run as run_lib
   from input_pipeline import sources
+  from tools import benchmark
 
   chip, devices = topology_devices(topology)
   tokenizer = (_tokenizer(config, vocab_size)
@@ -113,49 +114,64 @@ def compile_step(config, topology: str, vocab_size: int | None = None) -> dict:
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        run.abstract, run.state_sharding)
   batch = run.batch_shapes()
+  result = {
+      "method": config.method, "topology": topology, "chips": run.mesh.size,
+      "device_kind": run.mesh.devices.flat[0].device_kind, "mesh": dict(run.mesh.shape),
+      "batch_size": config.batch_size, "batch_per_chip": config.batch_size / run.mesh.size,
+      "params": int(sum(x.size for x in jax.tree.leaves(run.abstract["params"]))),
+      "jax": jax.__version__, "hbm_bytes": chip.hbm_gib * 2**30}
+  # The arguments' own shard sizes, before TPU tile padding.
+  per_chip = {"argument_bytes_unpadded": _shard_bytes((state, batch))}
   start = time.perf_counter()
-  compiled = run.train_step.lower(state, batch).compile()
+  try:
+    compiled = run.train_step.lower(state, batch).compile()
+  except jax.errors.JaxRuntimeError as e:
+    # XLA:TPU refuses, as it compiles, a program whose buffers exceed the chip's usable HBM.
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    message = str(e).split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0]
+    required = re.search(r"required for HLO temporaries \(([\d.]+)G\)", message)
+    per_chip["temp_bytes"] = float(required.group(1)) * 2**30 if required else None
+    return dict(result, compile_s=time.perf_counter() - start, fits=False, error=message,
+                per_chip=dict(per_chip, total_bytes=None), roofline=None)
   compile_s = time.perf_counter() - start
+  # XLA's cost analysis counts a loop body once (scan_layers runs the blocks as one); the
+  # jaxpr count multiplies scans by their length. Split evenly over the chips.
+  matmul_flops = benchmark.jaxpr_flops(jax.make_jaxpr(run.train_step)(state, batch).jaxpr)
+  matmul_flops /= run.mesh.size
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes +
            mem.temp_size_in_bytes)
   flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-  step_s = max(flops / (chip.peak_tflops * 1e12), bytes_accessed / (chip.hbm_gbps * 1e9))
-  return {
-      "method": config.method, "topology": topology, "chips": run.mesh.size,
-      "device_kind": run.mesh.devices.flat[0].device_kind, "mesh": dict(run.mesh.shape),
-      "batch_size": config.batch_size, "batch_per_chip": config.batch_size / run.mesh.size,
-      "params": int(sum(x.size for x in jax.tree.leaves(run.abstract["params"]))),
-      "compile_s": compile_s, "jax": jax.__version__,
-      "per_chip": {
-          "argument_bytes": mem.argument_size_in_bytes,
-          # The arguments' own shard sizes, before TPU tile padding.
-          "argument_bytes_unpadded": _shard_bytes((state, batch)),
-          "output_bytes": mem.output_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes,
-          "temp_bytes": mem.temp_size_in_bytes, "total_bytes": total,
-          "flops": flops, "bytes_accessed": bytes_accessed},
-      "hbm_bytes": chip.hbm_gib * 2**30, "fits": total <= chip.hbm_gib * 2**30,
-      "roofline": {"peak_tflops": chip.peak_tflops, "hbm_gbps": chip.hbm_gbps,
-                   "step_s": step_s,
-                   "bound": "compute" if flops / (chip.peak_tflops * 1e12) >= step_s else
-                            "memory",
-                   "images_per_s": config.batch_size / step_s if step_s else None},
-  }
+  compute_s = max(flops, matmul_flops) / (chip.peak_tflops * 1e12)
+  step_s = max(compute_s, bytes_accessed / (chip.hbm_gbps * 1e9))
+  per_chip.update(
+      argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+      alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+      total_bytes=total, flops=flops, matmul_flops=matmul_flops, bytes_accessed=bytes_accessed)
+  return dict(result, compile_s=compile_s, per_chip=per_chip,
+              fits=total <= chip.hbm_gib * 2**30,
+              roofline={"peak_tflops": chip.peak_tflops, "hbm_gbps": chip.hbm_gbps,
+                        "step_s": step_s,
+                        "bound": "compute" if compute_s >= step_s else "memory",
+                        "images_per_s": config.batch_size / step_s if step_s else None})
 
 
 def _shard_bytes(tree) -> int:
   """Bytes one device holds of sharded ShapeDtypeStructs."""
-  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(tree))
+  from big_contrast import sharding
+  return sharding.bytes_per_device(tree, jax.tree.map(lambda x: x.sharding, tree))
 
 
 def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
-              log=lambda text: None) -> dict:
+              log=lambda text: None, tolerance: float = 0.0) -> dict:
   """The largest global batch whose step fits the chips' HBM: doubling from
-  `config.batch_size`, then bisection, in multiples of the data-parallel shards. Returns
-  {"max_batch": N or 0, "tried": [(batch, fits, total bytes per chip)], "largest": result}."""
+  `config.batch_size`, then bisection, in multiples of the data-parallel shards, until the
+  bracket is one multiple wide (or `tolerance` of the batch that fits, to save compiles).
+  Returns {"max_batch": N or 0, "tried": [(batch, fits, total bytes per chip)],
+  "largest": the result of N}."""
   from big_contrast import sharding
   from configs import common
 
@@ -167,8 +183,9 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
     nonlocal best
     result = compile_step(common.override(config.copy_and_resolve_references(),
                                           {"batch_size": batch}), topology, vocab_size)
-    tried.append((batch, result["fits"], result["per_chip"]["total_bytes"]))
-    log(f"batch {batch}: {result['per_chip']['total_bytes'] / 2**30:.2f} GiB per chip, "
+    total = result["per_chip"]["total_bytes"]
+    tried.append((batch, result["fits"], total))
+    log(f"batch {batch}: " + (f"{total / 2**30:.2f} GiB per chip, " if total else "") +
         f"{'fits' if result['fits'] else 'does not fit'} ({result['compile_s']:.0f} s)")
     if result["fits"] and (best is None or batch > best["batch_size"]):
       best = result
@@ -179,7 +196,7 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
     lo, hi = hi, hi * 2
     if hi > limit:
       return {"max_batch": lo, "limit_reached": True, "tried": tried, "largest": best}
-  while hi - lo > step:
+  while hi - lo > max(step, tolerance * lo):
     mid = (lo + hi) // 2 // step * step
     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
   return {"max_batch": lo, "limit_reached": False, "tried": tried, "largest": best}
@@ -188,24 +205,27 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
 def table(result: dict) -> str:
   m = result["per_chip"]
   gib = lambda b: f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
-  rows = [("per chip: arguments", gib(m["argument_bytes"])),
-          ("          outputs (donated)", f"{gib(m['output_bytes'])} ({gib(m['alias_bytes'])} "
-                                           "aliased)"),
-          ("          temporaries", gib(m["temp_bytes"])),
-          ("          total / HBM", f"{gib(m['total_bytes'])} / {gib(result['hbm_bytes'])}: "
-                                   f"{'fits' if result['fits'] else 'DOES NOT FIT'}"),
-          ("          FLOPs, bytes accessed", f"{m['flops']:.3e}, {m['bytes_accessed']:.3e}"),
-          ("roofline step", f"{result['roofline']['step_s'] * 1e3:.1f} ms "
-                            f"({result['roofline']['bound']}-bound)"),
-          ("roofline images/s", f"{result['roofline']['images_per_s'] or 0:,.0f}"),
-          ("compile", f"{result['compile_s']:.1f} s")]
-  width = max(len(k) for k, _ in rows)
   head = (f"{result['method']} batch {result['batch_size']} on {result['topology']} "
           f"({result['chips']} chips, mesh {result['mesh']})")
   advice = [] if result["fits"] else [
       "  To fit: a smaller config.batch_size (--max_batch finds the largest), "
       "model.remat=full or dots, loss.impl=ring (SigLIP), micro_batches=K, FSDP "
       "(sharding.rules=('fsdp',) with an fsdp mesh axis), or a larger slice."]
+  if "error" in result:
+    return "\n".join([head, f"  DOES NOT FIT: {result['error']}"] + advice)
+  rows = [("per chip: arguments", gib(m["argument_bytes"])),
+          ("          outputs (donated)", f"{gib(m['output_bytes'])} ({gib(m['alias_bytes'])} "
+                                           "aliased)"),
+          ("          temporaries", gib(m["temp_bytes"])),
+          ("          total / HBM", f"{gib(m['total_bytes'])} / {gib(result['hbm_bytes'])}: "
+                                   f"{'fits' if result['fits'] else 'DOES NOT FIT'}"),
+          ("          FLOPs: XLA, matmul", f"{m['flops']:.3e}, {m['matmul_flops']:.3e}"),
+          ("          bytes accessed", f"{m['bytes_accessed']:.3e}"),
+          ("roofline step", f"{result['roofline']['step_s'] * 1e3:.1f} ms "
+                            f"({result['roofline']['bound']}-bound)"),
+          ("roofline images/s", f"{result['roofline']['images_per_s'] or 0:,.0f}"),
+          ("compile", f"{result['compile_s']:.1f} s")]
+  width = max(len(k) for k, _ in rows)
   return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows] + advice)
 
 
@@ -222,24 +242,21 @@ def main(argv=None):
   parser.add_argument("--max_batch", action="store_true",
                       help="bisect for the largest global batch that fits")
   parser.add_argument("--max_batch_limit", type=int, default=2**20)
+  parser.add_argument("--max_batch_tolerance", type=float, default=0.0,
+                      help="stop bisecting once the bracket is this fraction of the batch")
   parser.add_argument("--json", help="write the JSON result here (default: stdout)")
   args = parser.parse_args(argv)
   config = benchmark.load_config(args.config, overrides=args.set)
   log = lambda text: print(text, file=sys.stderr, flush=True)
   if args.max_batch:
-    result = max_batch(config, args.topology, args.vocab_size, args.max_batch_limit, log)
+    result = max_batch(config, args.topology, args.vocab_size, args.max_batch_limit, log,
+                       args.max_batch_tolerance)
     summary = (f"largest global batch that fits on {args.topology}: {result['max_batch']}" +
                (" (the limit; raise --max_batch_limit)" if result["limit_reached"] else ""))
   else:
     result = compile_step(config, args.topology, args.vocab_size)
     summary = table(result)
-  text = json.dumps(result, indent=1)
-  if args.json:
-    with open(args.json, "w") as f:
-      f.write(text)
-  else:
-    print(text)
-  print(summary, file=sys.stderr)
+  benchmark.emit(result, args.json, summary)
   return result
 
 

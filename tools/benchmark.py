@@ -250,14 +250,19 @@ def main(argv=None):
   overrides = list(args.set) + ([f"batch_size={args.batch_size}"] if args.batch_size else [])
   config = load_config(args.config, args.workload, overrides)
   result = run(config, args.data, args.steps, args.warmup, args.peak_tflops)
+  emit(result, args.json, table(result))
+  return result
+
+
+def emit(result: dict, json_path: str | None, summary: str):
+  """The tools' output: JSON to `json_path` (or stdout), the human summary to stderr."""
   text = json.dumps(result, indent=1)
-  if args.json:
-    with open(args.json, "w") as f:
+  if json_path:
+    with open(json_path, "w") as f:
       f.write(text)
   else:
     print(text)
-  print(table(result), file=sys.stderr)
-  return result
+  print(summary, file=sys.stderr)
 
 
 if __name__ == "__main__":

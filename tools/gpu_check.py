@@ -27,13 +27,14 @@ COMPARISONS = (
     ("siglip_b16", "open_clip_vitb16_sigmoid_b256", 1.3),
     ("simclr_r50", "torch_simclr_r50_b256x2", 1.2),
 )
-# Test-sized variants of the workloads: the same recipes and code paths, small models.
+# Test-sized variants of the workloads: the same recipes and code paths, small models, one
+# device.
 TINY = {
-    "siglip_b16": {"batch_size": 8, "data.image_size": 32, "augment.crop_size": 32,
+    "siglip_b16": {"batch_size": 8, "mesh": (("data", 1),), "data.image_size": 32, "augment.crop_size": 32,
                    "model.image.variant": "Ti/16", "model.image.depth": 1,
                    "model.text.depth": 1, "model.text.width": 64, "model.text.heads": 2,
                    "model.embed_dim": 32, "text.tokenizer.length": 16},
-    "simclr_r50": {"batch_size": 8, "data.image_size": 32, "augment.crop_size": 32,
+    "simclr_r50": {"batch_size": 8, "mesh": (("data", 1),), "data.image_size": 32, "augment.crop_size": 32,
                    "model.depth": 10, "model.width": 8, "model.head_hidden_dims": (32,),
                    "model.head_dim": 16},
 }
