@@ -28,6 +28,10 @@ DIGEST = "content_digest.json"  # In each step's directory, written after the sa
 CORRUPT_KEEP = 3  # Quarantined checkpoints kept for inspection; older ones are deleted.
 
 
+def _out_of_memory(e: Exception) -> bool:
+  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)
+
+
 class CorruptCheckpoint(ValueError):
   """A checkpoint whose restored content differs from the digest written when it was saved."""
 
@@ -61,8 +65,26 @@ def digest(tree) -> dict:
   return {jax.tree_util.keystr(p): [int(a), int(b)] for (p, _), (a, b) in zip(leaves, partial)}
 
 
+_CHUNK = 1 << 22  # Elements summed at once: the index arithmetic takes ~32 bytes each.
+
+
 def _sums(data: np.ndarray, index: tuple, shape: tuple) -> np.ndarray:
-  """(sum, weighted sum) mod 2**64 of one shard `data` = global_array[index]."""
+  """(sum, weighted sum) mod 2**64 of one shard `data` = global_array[index], in chunks of
+  leading-axis rows (sums mod 2**64 add up exactly)."""
+  data = np.asarray(data)
+  if data.ndim == 0 or data.size <= _CHUNK:
+    return _chunk_sums(data, index, shape)
+  rows = max(1, _CHUNK // (data.size // data.shape[0]))
+  start = (index[0].start or 0) if index else 0
+  total = np.zeros(2, np.uint64)
+  with np.errstate(over="ignore"):
+    for r in range(0, data.shape[0], rows):
+      part = data[r:r + rows]
+      total += _chunk_sums(part, (slice(start + r, start + r + len(part)), *index[1:]), shape)
+  return total
+
+
+def _chunk_sums(data: np.ndarray, index: tuple, shape: tuple) -> np.ndarray:
   data = np.ascontiguousarray(data)
   bits = data.reshape(-1).view(f"u{data.dtype.itemsize}") if data.size else np.zeros(0, "u1")
   flat = np.zeros(data.shape, np.uint64)
@@ -129,6 +151,10 @@ class Checkpointer:
         self._verify(step, restored)
         return restored
       except Exception as e:  # pylint: disable=broad-except
+        if _out_of_memory(e):  # This machine's trouble, not the checkpoint's: keep it.
+          raise RuntimeError(f"Restoring checkpoint {step} from {self.directory} ran out of "
+                             f"memory ({str(e).splitlines()[0][:200]}); the checkpoint is left "
+                             "in place. Free memory (or use more devices) and run again.") from e
         # Orbax/TensorStore raise assorted types for missing, truncated or garbled files.
         self._quarantine(step, e)
     if steps:
@@ -142,17 +168,24 @@ class Checkpointer:
 
   def _verify(self, step: int, restored):
     """Raises CorruptCheckpoint if `restored` differs from the digest saved with it."""
+    saved, status, problem = None, 0, ""  # status: 0 read, 1 missing, 2 unreadable.
     try:
       with open(self._digest_path(step)) as f:
         saved = json.load(f)
     except FileNotFoundError:
+      status = 1
+    except (OSError, ValueError) as e:
+      status, problem = 2, str(e)
+    if jax.process_count() > 1:  # Every process takes the same branch: digest() is collective.
+      status = int(np.max(multihost_utils.process_allgather(np.int32(status))))
+    if status == 1:
       # Written before digests, or killed between the save and its digest: complete (orbax
       # renamed it into place) but unverifiable.
       logging.warning("Checkpoint %d has no %s: restored without a content check.", step,
                       DIGEST)
       return
-    except (OSError, ValueError) as e:
-      raise CorruptCheckpoint(f"its {DIGEST} cannot be read ({e})") from None
+    if status == 2:
+      raise CorruptCheckpoint(f"its {DIGEST} cannot be read ({problem or 'on another host'})")
     now = digest(restored)
     bad = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
     if bad:

@@ -1,10 +1,10 @@
 """Entry point: python -m big_contrast.main --config=configs/<recipe>.py --workdir=DIR.
 
-Multi-host: run the same command in every process with either
+Multi-host: run the same command in every process. A process that srun, mpirun, GKE's TPU
+slices or a Kubernetes indexed Job started joins the run from their environment
+(`detected_cluster`); otherwise give
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (explicit), or
-  --distributed                                                      (auto: SLURM, TPU pods,
-                                                                      Open MPI; see
-                                                                      jax.distributed.initialize)
+  --distributed                                                      (auto, e.g. Cloud TPU VMs)
 Each process feeds its own rows of every global batch; only process 0 logs and prints.
 """
 import difflib
@@ -48,6 +48,11 @@ def detected_cluster(env=os.environ) -> str | None:
   if len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
     return "TPU on GKE"
   if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    if "OMPI_MCA_orte_hnp_uri" not in env:  # What jax reads; Open MPI 5 (PRRTE) lacks it.
+      raise app.UsageError(
+          "mpirun started this process as one of several, but jax cannot find the run's "
+          "coordinator in its environment (Open MPI 5): pass --coordinator_address=HOST:PORT "
+          "--num_processes=$OMPI_COMM_WORLD_SIZE --process_id=$OMPI_COMM_WORLD_RANK.")
     return "Open MPI"
   if "JAX_COORDINATOR_ADDRESS" in env:
     return "Kubernetes / JAX_COORDINATOR_ADDRESS"
@@ -171,9 +176,12 @@ USER_ERRORS = (ValueError, OSError, train.WorkdirInUse, train.NonFiniteError)
 
 
 def error_message(e: Exception, workdir: str) -> str:
-  prefix = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
-  log = os.path.join(workdir, "log.txt")
-  where = f"\n(The traceback is in {log}.)" if os.path.isfile(log) else ""
+  index = jax.process_index()
+  prefix = f"process {index}: " if jax.process_count() > 1 else ""
+  log = os.path.join(workdir, "log.txt" if index == 0 else f"log.process_{index}.txt")
+  # A run refused at the lock wrote nothing; the log there is another run's.
+  logged = os.path.isfile(log) and not isinstance(e, train.WorkdirInUse)
+  where = f"\n(The traceback is in {log}.)" if logged else ""
   return f"FATAL {prefix}{type(e).__name__}: {e}{where}"
 
 

@@ -4,6 +4,7 @@ import re
 import jax
 import optax
 
+from big_contrast import models
 from big_contrast import settings
 from big_contrast import sharding
 
@@ -30,8 +31,10 @@ SETTINGS = dict(
 
 
 def decay_mask(params):
-  """Decay weight matrices and kernels only: no decay on biases or norm scales/offsets."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """Decay weight matrices and kernels only: no decay on biases or norm scales/offsets. The
+  rank is one block's: scanned blocks (model.scan_layers) carry a leading depth axis."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim - models.is_scanned(sharding.path_name(path)) > 1, params)
 
 
 def is_frozen(path, patterns) -> bool:

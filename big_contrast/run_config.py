@@ -28,7 +28,7 @@ RUN_SETTINGS = dict(
     method="simclr",
     seed=settings.integer(0),
     batch_size=settings.integer(256, low=2, hint=(
-        "each example's negatives are the other examples of its batch: use a larger batch")),
+        "a contrastive loss compares each example with the rest of its batch: use a larger batch")),
     num_epochs=settings.positive(100.0),
     total_steps=settings.integer(0, low=0),        # > 0 overrides num_epochs.
     # > 1: GradCache (big_contrast/grad_cache.py): the full batch's loss and gradient,
@@ -118,6 +118,12 @@ def check(config):
   settings.check(flat, spec)
   for tower, cfg in _vits(config):
     check_vit(config, tower, cfg)
+  if config.optimizer.name == "lars" and config.get("model", {}).get("scan_layers"):
+    # optax.lars takes one trust ratio per array: a scanned stack would share one across
+    # its layers, which the unrolled model does not.
+    raise ValueError("config.optimizer.name='lars' with config.model.scan_layers=True would "
+                     "scale all layers of a scanned stack by one trust ratio; set "
+                     "config.model.scan_layers=False, or use adamw or lion.")
 
 
 def _vits(config) -> list:

@@ -141,10 +141,11 @@ def _leaf_spec(name, shape, mesh, rules, min_size):
   leading depth axis of scanned blocks ("blocks/block/...") is never split: a tuple
   spec names the dimensions of one block.
   """
-  spec = [None] * len(shape)
-  if math.prod(shape) < min_size:
-    return P()
+  # A scanned stack's leaves ("blocks/block/...", models/vit.py) count as one block's.
   layers = 1 if re.search(r"(^|/)blocks/block/", name) else 0
+  spec = [None] * len(shape)
+  if math.prod(shape[layers:]) < min_size:
+    return P()
   used = set()
   for pattern, rule in rules:
     if not re.fullmatch(pattern, name):

@@ -117,6 +117,25 @@ def test_scanned_blocks_compute_what_unrolled_blocks_compute(kind, remat):
     np.testing.assert_allclose(g, _flat(want_grad)[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
+def test_the_optimizer_updates_scanned_blocks_as_unrolled_ones():
+  """Weight decay skips biases and norm parameters by their rank in one block."""
+  from big_contrast import optim
+  from ml_collections import ConfigDict
+  model, x = _tiny("vit")
+  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)["params"]
+  grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
+  cfg = ConfigDict(dict(name="adamw", lr=0.1, weight_decay=0.5, warmup_epochs=0.0))
+  tx, _ = optim.make(cfg, 256, 10, 0)
+  want, _ = tx.update(grads, tx.init(params), params)
+  stack = lambda tree: _nest(models.stack_layers(_flat(tree)))
+  got, _ = tx.update(stack(grads), tx.init(stack(params)), stack(params))
+  for k, v in models.unstack_layers(_flat(got)).items():
+    np.testing.assert_allclose(v, _flat(want)[k], rtol=1e-6, atol=1e-7, err_msg=k)
+  c = tiny_config("moco_v3_digits", **{"model.scan_layers": True, "optimizer.name": "lars"})
+  with pytest.raises(ValueError, match="one trust ratio; set config.model.scan_layers=False"):
+    run_lib.setup(c, train_size=64)
+
+
 def test_scan_layers_is_refused_for_a_resnet():
   c = tiny_config(**{"model.scan_layers": True})
   with pytest.raises(ValueError, match="config.model.scan_layers=True applies to transformer "

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+from absl import app
 import jax
 import numpy as np
 import pytest
@@ -186,10 +187,13 @@ def test_launchers_are_told_apart_by_their_environment():
   assert main.detected_cluster({"SLURM_NTASKS": "1", "SLURM_STEP_NODELIST": "n1"}) is None
   assert main.detected_cluster({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == "TPU on GKE"
   assert main.detected_cluster({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
-  assert main.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8"}) == "Open MPI"
+  assert main.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8",
+                                "OMPI_MCA_orte_hnp_uri": "123.0;tcp://10.0.0.2:4000"}) == "Open MPI"
+  with pytest.raises(app.UsageError, match="pass --coordinator_address=HOST:PORT"):
+    main.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8"})  # Open MPI 5: jax cannot read it.
   env = {"JAX_COORDINATOR_ADDRESS": "trainer-0.trainer:1234", "JAX_NUM_PROCESSES": "4",
          "JOB_COMPLETION_INDEX": "3"}
   assert main.detected_cluster(env).startswith("Kubernetes")
   assert main._env_process(env) == ("trainer-0.trainer:1234", 4, 3)
-  with pytest.raises(Exception, match="also set JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+  with pytest.raises(app.UsageError, match="also set JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
     main._env_process({"JAX_COORDINATOR_ADDRESS": "x:1"})

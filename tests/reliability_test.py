@@ -348,8 +348,8 @@ BAD_CONFIGS = [
     # (recipe, overrides, the message's specific part)
     ("simclr_digits", {"batch_size": 12}, "config.batch_size=12 is not divisible by the 8"),
     ("simclr_digits", {"batch_size": 0}, "config.batch_size=0: must be an int >= 2"),
-    ("simclr_digits", {"batch_size": 1}, "config.batch_size=1: must be an int >= 2; each "
-                                         "example's negatives are the other examples"),
+    ("simclr_digits", {"batch_size": 1}, "config.batch_size=1: must be an int >= 2; a "
+                                         "contrastive loss compares each example with the rest"),
     ("simclr_digits", {"batch_size": 2048}, "config.batch_size=2048: must be <= the 1437 "
                                             "training examples of config.data.name='digits'"),
     ("simclr_digits", {"optimizer.name": "adam_typo"},
@@ -430,8 +430,10 @@ BAD_CONFIGS = [
     ("simclr_digits", {"data.name": "tfds", "data.tfds_name": "mnist",
                        "data.data_dir": "/nonexistent/tfds"},
      "config.data.data_dir='/nonexistent/tfds' does not exist"),
-    ("simclr_digits", {"init_from.workdir": ROOT, "init_from.rules": ((".*", r"\g<0>"),)},
-     f"config.init_from.workdir={ROOT!r} has no checkpoints/"),
+    # A directory that exists and is no run's workdir (configs/ never holds checkpoints/).
+    ("simclr_digits", {"init_from.workdir": os.path.join(ROOT, "configs"),
+                       "init_from.rules": ((".*", r"\g<0>"),)},
+     f"config.init_from.workdir={os.path.join(ROOT, 'configs')!r} has no checkpoints/"),
     # A missing source is named before the rules (none here) are.
     ("simclr_digits", {"init_from.workdir": "/nonexistent/run"},
      "config.init_from.workdir='/nonexistent/run' does not exist; set it to the workdir"),
@@ -540,3 +542,10 @@ def test_cli_errors_are_one_message_naming_the_key_and_the_fix(args, code, messa
   if code == 1:  # The traceback is in the workdir's log.
     assert f"(The traceback is in {tmp_path / 'run' / 'log.txt'}.)" in out.stderr
     assert "Traceback" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_digest_sums_large_shards_in_chunks_exactly(monkeypatch):
+  x = np.random.default_rng(1).standard_normal((300, 7, 5)).astype(np.float32)
+  whole = checkpoint.digest({"a": jnp.asarray(x)})
+  monkeypatch.setattr(checkpoint, "_CHUNK", 100)  # 2 rows of 35 elements at a time.
+  assert checkpoint.digest({"a": jnp.asarray(x)}) == whole

@@ -61,11 +61,12 @@ def topology_devices(topology: str) -> tuple[Chip, list]:
   # Compile-only: no TPU is opened, so processes need not take libtpu's one-process lock, nor
   # ask a metadata server for TPU hosts that are not there (which fills the console with
   # warnings). The slice's shape comes from the topology name alone.
-  for key, value in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"),
-                     ("TPU_WORKER_HOSTNAMES", "localhost"),
-                     ("TPU_ACCELERATOR_TYPE", chip.single_host)):
-    os.environ.setdefault(key, value)
+  # Set only while libtpu loads: child processes of the caller must not inherit them.
+  quiet = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1",
+           "TPU_WORKER_HOSTNAMES": "localhost", "TPU_ACCELERATOR_TYPE": chip.single_host}
+  quiet = {k: v for k, v in quiet.items() if k not in os.environ}
   from jax.experimental import topologies
+  os.environ.update(quiet)
   try:
     devices = topologies.get_topology_desc(
         topology_name=topology, platform="tpu",
@@ -78,6 +79,9 @@ def topology_devices(topology: str) -> tuple[Chip, list]:
     raise ValueError(f"--topology={topology!r} is not a slice libtpu can build ({text}); a "
                      "v5e/v6e slice is a 2-D grid of whole hosts (2x2, 2x4, 4x4, ..., 16x16), "
                      "a v4/v5p slice a 3-D one (2x2x1, 2x2x2, 4x4x4, ...).") from None
+  finally:
+    for key in quiet:
+      os.environ.pop(key)
   return chip, list(devices)
 
 
@@ -129,7 +133,7 @@ def compile_step(config, topology: str, vocab_size: int | None = None) -> dict:
     # XLA:TPU refuses, as it compiles, a program whose buffers exceed the chip's usable HBM.
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
-    message = str(e).split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0]
+    message = (str(e).partition("RESOURCE_EXHAUSTED")[2].lstrip(": ").splitlines() or [""])[0]
     required = re.search(r"required for HLO temporaries \(([\d.]+)G\)", message)
     per_chip["temp_bytes"] = float(required.group(1)) * 2**30 if required else None
     return dict(result, compile_s=time.perf_counter() - start, fits=False, error=message,
@@ -170,6 +174,7 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
   """The largest global batch whose step fits the chips' HBM: doubling from
   `config.batch_size`, then bisection, in multiples of the data-parallel shards, until the
   bracket is one multiple wide (or `tolerance` of the batch that fits, to save compiles).
+  A batch the config refuses (e.g. a queue size it must divide) counts as not fitting.
   Returns {"max_batch": N or 0, "tried": [(batch, fits, total bytes per chip)],
   "largest": the result of N}."""
   from big_contrast import sharding
@@ -181,8 +186,13 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
 
   def fits(batch: int) -> bool:
     nonlocal best
-    result = compile_step(common.override(config.copy_and_resolve_references(),
-                                          {"batch_size": batch}), topology, vocab_size)
+    try:
+      result = compile_step(common.override(config.copy_and_resolve_references(),
+                                            {"batch_size": batch}), topology, vocab_size)
+    except ValueError as e:  # A batch the config refuses (a queue, micro-batches, BN groups).
+      tried.append((batch, False, None))
+      log(f"batch {batch}: refused by the config ({str(e).splitlines()[0]})")
+      return False
     total = result["per_chip"]["total_bytes"]
     tried.append((batch, result["fits"], total))
     log(f"batch {batch}: " + (f"{total / 2**30:.2f} GiB per chip, " if total else "") +
@@ -191,11 +201,12 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
       best = result
     return result["fits"]
 
-  lo, hi = 0, max(step, config.batch_size // step * step)  # lo fits (0: none yet), hi ?
+  top = max(step, limit // step * step)
+  lo, hi = 0, min(top, max(step, config.batch_size // step * step))  # lo fits (0: none), hi ?
   while fits(hi):
-    lo, hi = hi, hi * 2
-    if hi > limit:
-      return {"max_batch": lo, "limit_reached": True, "tried": tried, "largest": best}
+    if hi == top:
+      return {"max_batch": hi, "limit_reached": True, "tried": tried, "largest": best}
+    lo, hi = hi, min(hi * 2, top)
   while hi - lo > max(step, tolerance * lo):
     mid = (lo + hi) // 2 // step * step
     lo, hi = (mid, hi) if fits(mid) else (lo, mid)

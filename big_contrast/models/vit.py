@@ -105,8 +105,9 @@ def unstack_layers(flat: dict) -> dict:
     if at is None:
       out[path] = x
       continue
+    x = np.asarray(x)
     for i in range(x.shape[0]):
-      out["/".join(parts[:at] + [f"block{i}"] + parts[at + 2:])] = np.asarray(x)[i]
+      out["/".join(parts[:at] + [f"block{i}"] + parts[at + 2:])] = x[i]
   return out
 
 
@@ -121,8 +122,11 @@ def stack_layers(flat: dict) -> dict:
       out[path] = x
       continue
     key = "/".join(parts[:at] + [SCANNED_BLOCKS, "block"] + parts[at + 1:])
-    stacks.setdefault(key, {})[int(parts[at][5:])] = x
+    stacks.setdefault(key, {})[int(_UNROLLED.fullmatch(parts[at]).group(1))] = x
   for key, layers in stacks.items():
+    if sorted(layers) != list(range(len(layers))):
+      raise ValueError(f"{key}: blocks {sorted(layers)} are not 0..{len(layers) - 1}; the "
+                       "source holds another depth or a partial model.")
     out[key] = np.stack([np.asarray(layers[i]) for i in range(len(layers))])
   return out
 
