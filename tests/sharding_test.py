@@ -63,6 +63,30 @@ def test_tensor_rules_split_heads_and_mlp_then_fsdp_takes_what_is_free():
       b + "Dense_1/kernel"] == P("tensor")
 
 
+def test_scanned_blocks_shard_as_each_of_their_blocks():
+  """model.scan_layers stacks blocks on a leading depth axis that no rule splits; rules,
+  presets and min_size see one block."""
+  from big_contrast import models
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
+  block = {"MultiHeadDotProductAttention_0": {"query": {"kernel": _leaf(16, 2, 8)}},
+           "Dense_0": {"kernel": _leaf(16, 64), "bias": _leaf(64)},
+           "LayerNorm_0": {"scale": _leaf(16)}}
+  unrolled = {"params": {"image": {f"block{i}": block for i in range(4)}}}
+  flat = {sharding.path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(unrolled)}
+  stacked = {p: _leaf(*x.shape) for p, x in models.stack_layers(
+      {p: np.zeros(x.shape, np.float32) for p, x in flat.items()}).items()}
+  for rules, min_size in ((["transformer_tp", "fsdp"], 0), (["fsdp"], 32)):
+    want = {p: s for p, s in _specs(flat, mesh, rules, min_size).items()
+            if p.startswith("params/image/block0/")}
+    got = _specs(stacked, mesh, rules, min_size)
+    for path, spec in want.items():
+      scanned = path.replace("/block0/", "/blocks/block/")
+      assert got[scanned] == (P(None, *spec) if spec else P()), (path, rules)
+  # The LayerNorm stack (4 x 16 = 64 elements) stays replicated under min_size 32 < 64, as
+  # each block's 16-element scale does.
+  assert _specs(stacked, mesh, ["fsdp"], 32)["params/image/blocks/block/LayerNorm_0/scale"] == P()
+
+
 @pytest.mark.parametrize("rules, mesh, message", [
     (["fsdp"], [("data", 8)], "names mesh axis 'fsdp'"),
     (["transformer_tp"], [("data", 4), ("fsdp", 2)], "names mesh axis 'tensor'"),
