@@ -242,6 +242,26 @@ def test_clip_trains_on_prepared_captions(tmp_path, prepared, form):
   assert all(abs(r * pairs - round(r * pairs)) < 1e-4 for r in recall)
 
 
+@pytest.mark.parametrize("form", ["digits", "image_folder", "prepared_captions"])
+def test_batch_shapes_are_what_the_pipeline_delivers(folder, prepared, form):
+  """Run.batch_shapes (benchmarks, ahead-of-time compiles) declares, without reading data,
+  the batches the run's source really yields."""
+  from big_contrast import run as run_lib
+  config = {"digits": lambda: tiny_config("simclr_digits", mesh=[("data", 1)]),
+            "image_folder": lambda: _config({"data.name": "image_folder",
+                                             "data.path": folder[0]}, "swav_digits",
+                                            mesh=[("data", 1)], **{"multicrop.num_small": 2}),
+            "prepared_captions": lambda: _config({"data.name": "prepared",
+                                                  "data.path": prepared["csv"][0]},
+                                                 "clip_digits", mesh=[("data", 1)],
+                                                 **{"eval.evaluators": ()})}[form]()
+  run = run_lib.setup(config)
+  batch = next(run.train_batches().iterate(0))
+  shapes = run.batch_shapes()
+  assert {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in batch.items()} == {
+      k: (v.shape, np.dtype(v.dtype)) for k, v in shapes.items()}
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, folder, monkeypatch):
   config = _config({"data.name": "image_folder", "data.path": folder[0]},
                    **{"total_steps": 4, "eval.evaluators": ()})
