@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from big_contrast import models
 from big_contrast import settings
 
 # Mesh axes over which the batch dimension is split, in this order.
@@ -141,8 +142,8 @@ def _leaf_spec(name, shape, mesh, rules, min_size):
   leading depth axis of scanned blocks ("blocks/block/...") is never split: a tuple
   spec names the dimensions of one block.
   """
-  # A scanned stack's leaves ("blocks/block/...", models/vit.py) count as one block's.
-  layers = 1 if re.search(r"(^|/)blocks/block/", name) else 0
+  # A scanned stack's leaves (models.is_scanned) count as one block's.
+  layers = int(models.is_scanned(name))
   spec = [None] * len(shape)
   if math.prod(shape[layers:]) < min_size:
     return P()

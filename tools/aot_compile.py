@@ -141,14 +141,12 @@ def compile_step(config, topology: str, vocab_size: int | None = None) -> dict:
   compile_s = time.perf_counter() - start
   # XLA's cost analysis counts a loop body once (scan_layers runs the blocks as one); the
   # jaxpr count multiplies scans by their length. Split evenly over the chips.
-  matmul_flops = benchmark.jaxpr_flops(jax.make_jaxpr(run.train_step)(state, batch).jaxpr)
+  flops, bytes_accessed, matmul_flops = benchmark.step_flops(run.train_step, compiled, state,
+                                                             batch)
   matmul_flops /= run.mesh.size
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes +
            mem.temp_size_in_bytes)
-  flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   compute_s = max(flops, matmul_flops) / (chip.peak_tflops * 1e12)
   step_s = max(compute_s, bytes_accessed / (chip.hbm_gbps * 1e9))
   per_chip.update(

@@ -29,7 +29,6 @@ import time
 
 import jax
 import jax.extend.core  # ClosedJaxpr, Jaxpr: walked by jaxpr_flops
-import jax.numpy as jnp
 import numpy as np
 
 # Workloads of the GPU comparison with the PyTorch peers: recipe + overrides.
@@ -71,6 +70,16 @@ def jaxpr_flops(jaxpr) -> float:
     for sub in _sub_jaxprs(eqn.params):
       total += multiplier * jaxpr_flops(sub)
   return total
+
+
+def step_flops(step_fn, compiled, *args) -> tuple[float, float, float]:
+  """(XLA's FLOPs, XLA's bytes accessed, the jaxpr matmul FLOPs) of a jitted step compiled
+  for `args`. XLA's counts are per device and see a loop body once; the jaxpr count is of
+  the whole (global) step, scans times their length."""
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  return (float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
+          jaxpr_flops(jax.make_jaxpr(step_fn)(*args).jaxpr))
 
 
 def _conv_flops(eqn) -> float:
@@ -167,11 +176,7 @@ def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
   lowered = train_step.lower(state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
-  step_jaxpr = jax.make_jaxpr(train_step)(state, batch)
-  matmul_flops = jaxpr_flops(step_jaxpr.jaxpr)
+  xla_flops, _, matmul_flops = step_flops(train_step, compiled, state, batch)
   mem = compiled.memory_analysis()
 
   result = {
