@@ -9,7 +9,6 @@ Each process feeds its own rows of every global batch; only process 0 logs and p
 """
 import difflib
 import importlib.util
-import logging as py_logging
 import os
 import sys
 
@@ -19,6 +18,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from big_contrast import console
 from big_contrast import run_config
 from big_contrast import train
 
@@ -192,6 +192,12 @@ def summary(results: dict) -> str:
              "to resume."]
   else:
     lines = [f"Finished {results['step']} steps in {results['wall_time_s'] / 60:.1f} min."]
+    session = results.get("session", {})
+    if session and session["steps"] < results["step"]:
+      lines[0] = lines[0][:-1] + (f" over every session; this one resumed at step "
+                                  f"{results['step'] - session['steps']} and ran "
+                                  f"{session['steps']} steps in "
+                                  f"{session['wall_time_s'] / 60:.1f} min.")
   if results.get("nonfinite_steps"):
     lines.append(f"  skipped      {results['nonfinite_steps']} of {results['step']} steps had a "
                  "non-finite loss or gradient and were not applied (config.nonfinite='skip')")
@@ -208,9 +214,7 @@ def summary(results: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Orbax logs every save step at INFO; keep the console to progress lines.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= py_logging.WARNING or "orbax" not in r.pathname)
+  console.setup()
   init_distributed()
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -27,15 +27,21 @@ def average(history: list[dict]) -> dict:
 class MetricLogger:
   """Writes each logged step to stdout, `metrics.jsonl` and TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0):
+  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0, start_time=None):
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.tb_dir = os.path.join(workdir, "tensorboard")
+    # What earlier sessions of a resumed run logged: their time, their random-init evaluation.
+    self.earlier_time_s, self.init_eval = 0.0, {}
+    self._start = time.time() if start_time is None else start_time
     if self.active:
       os.makedirs(workdir, exist_ok=True)
-      self._drop_rows_after(resume_step)
+      for row in self._drop_rows_after(resume_step):
+        self.earlier_time_s = max(self.earlier_time_s, row.get("elapsed_s", 0.0))
+        self.init_eval.update({k.replace("eval_init/", "eval/"): v for k, v in row.items()
+                               if k.startswith("eval_init/")})
       self._jsonl = open(self.jsonl_path, "a")
       # On resume, TensorBoard hides the events the dead run wrote past the restored step.
       self._tb = tensorboardX.SummaryWriter(self.tb_dir,
@@ -45,13 +51,13 @@ class MetricLogger:
     self._data_wait = 0.0
     self._warned_input = False
 
-  def _drop_rows_after(self, step: int):
+  def _drop_rows_after(self, step: int) -> list:
     """Removes rows logged after `step`: on resume they are about to be logged again. A line
     that does not parse (a process killed mid-write leaves a torn last line) is dropped with
-    a warning; the old file is replaced atomically."""
+    a warning; the old file is replaced atomically. Returns the rows kept."""
     if not os.path.exists(self.jsonl_path):
-      return
-    rows = []
+      return []
+    rows, kept = [], []
     with open(self.jsonl_path) as f:
       for number, line in enumerate(f, 1):
         if not line.strip():
@@ -65,9 +71,15 @@ class MetricLogger:
           continue
         if keep:
           rows.append(line if line.endswith("\n") else line + "\n")
+          kept.append(row)
     with open(self.jsonl_path + ".tmp", "w") as f:
       f.writelines(rows)
     os.replace(self.jsonl_path + ".tmp", self.jsonl_path)
+    return kept
+
+  def elapsed_s(self) -> float:
+    """The run's wall time so far, over every session (as far as the kept rows tell)."""
+    return self.earlier_time_s + time.time() - self._start
 
   def write(self, step: int, values: dict):
     if not self.active:
@@ -82,7 +94,8 @@ class MetricLogger:
     """Adds time the loop spent waiting for its next input batch."""
     self._data_wait += seconds
 
-  def progress(self, step: int, values: dict, images_per_step: int, num_workers: int = 0):
+  def progress(self, step: int, values: dict, images_per_step: int, num_workers: int = 0,
+               note: str = ""):
     """Logs train metrics with throughput, ETA and the share of step time spent waiting for
     input (data_wait_frac, as open_clip logs data time beside batch time), all measured since
     the previous call; warns once when input holds the device back."""
@@ -91,7 +104,7 @@ class MetricLogger:
       secs_per_step = (now - self._tick) / (step - self._tick_step)
       wait = min(1.0, self._data_wait / max(now - self._tick, 1e-9))
       values = {**values, "img_per_sec": images_per_step / secs_per_step,
-                "data_wait_frac": wait}
+                "data_wait_frac": wait, "elapsed_s": self.elapsed_s()}
       eta = f"{(self.total_steps - step) * secs_per_step / 60:.1f} min"
       if wait > INPUT_BOUND and not self._warned_input:
         self._warned_input = True
@@ -105,7 +118,13 @@ class MetricLogger:
     self._tick, self._tick_step, self._data_wait = now, step, 0.0
     self.write(step, values)
     shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
-    logging.info("step %d/%d  %s  ETA %s", step, self.total_steps, shown, eta)
+    logging.info("step %d/%d  %s  %s", step, self.total_steps, shown, note or f"ETA {eta}")
+
+  def first_step(self, step: int, values: dict, note: str):
+    """The console line of a session's first step, whose time is mostly compilation (not
+    written to metrics: the logged steps stay those of config.log_every_steps)."""
+    shown = "  ".join(f"{k}={float(v):.4g}" for k, v in jax.device_get(values).items())
+    logging.info("step %d/%d  %s  %s", step, self.total_steps, shown, note)
 
   def restart_clock(self, step: int):
     """Excludes compile and evaluation time from the next throughput measurement."""

@@ -231,7 +231,8 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
   step = int(ts["step"])
 
   # Rows past the restored step belong to a run that died before its next checkpoint.
-  logger = metrics.MetricLogger(workdir, total_steps, resume_step=step)
+  logger = metrics.MetricLogger(workdir, total_steps, resume_step=step, start_time=start_time)
+  first_step = step
   evaluate_now = lambda: run.evaluate(ts)
   n_params = sum(x.size for x in jax.tree.leaves(run.abstract["params"]))
   logging.info("%s: %d steps of global batch %d on mesh %s, %.2fM parameters; train state "
@@ -245,7 +246,7 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
     logger.write(0, {k.replace("eval/", "eval_init/"): v for k, v in results["init"].items()})
     logging.info("Random-init evaluation: %s", results["init"])
 
-  history, compiled, pending, preempted = [], False, [], None
+  history, compiled, pending, preempted, first_note = [], False, [], None, ""
   policy = config.get("nonfinite", "error")
   max_skipped = int(config.nonfinite_max_fraction * total_steps)
   batch_iter = batches.iterate(step) if step < total_steps else iter(())
@@ -263,6 +264,11 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
     if not compiled:  # Keep compile time out of the first img/s and ETA.
       compiled = jax.block_until_ready(ts["step"]) is not None
       logger.restart_clock(step)
+      first_note = f"first step {time.perf_counter() - waited:.1f} s (compilation included)"
+      if step % config.log_every_steps and step != total_steps:  # Else it is logged below.
+        logger.first_step(step, {k: v for k, v in step_metrics.items() if k != "finite"},
+                          first_note)
+        first_note = ""
     last = step == total_steps
     preempted = signals.stop() and (signals.requested or "a signal to another process")
     log_now = step % config.log_every_steps == 0 or last
@@ -282,8 +288,8 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
     if log_now:
       extra = {"nonfinite_steps": int(ts["nonfinite_steps"])} if policy == "skip" else {}
       logger.progress(step, {**metrics.average(history), "lr": float(run.lr_fn(step - 1)), **extra},
-                      config.batch_size, num_workers)
-      history = []
+                      config.batch_size, num_workers, note=first_note)
+      history, first_note = [], ""
     if eval_now:
       results["final"] = evaluate_now()
       logger.write(step, results["final"])
@@ -302,7 +308,10 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
     results["final"] = evaluate_now()
   logger.close()
   ckpt.close()
-  results.update(step=step, wall_time_s=time.time() - start_time,
+  if "init" not in results and logger.init_eval:  # Evaluated in an earlier session.
+    results["init"] = logger.init_eval
+  results.update(step=step, wall_time_s=logger.elapsed_s(),
+                 session=dict(steps=step - first_step, wall_time_s=time.time() - start_time),
                  checkpoint_dir=ckpt.directory, metrics_file=logger.jsonl_path,
                  tensorboard_dir=logger.tb_dir, train_state=ts,
                  nonfinite_steps=int(ts["nonfinite_steps"]))

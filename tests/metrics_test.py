@@ -74,3 +74,33 @@ def test_resume_drops_rows_past_the_step_and_a_torn_line_and_purges_tensorboard(
   starts = [e.step for e in events if e.HasField("session_log") and
             e.session_log.status == e.session_log.START]
   assert starts == [4]
+
+
+def test_a_resumed_run_counts_earlier_sessions_time_and_keeps_their_init_evaluation(
+    tmp_path, monkeypatch):
+  clock = _Clock()
+  monkeypatch.setattr(metrics.time, "time", clock)
+  logger = metrics.MetricLogger(str(tmp_path), total_steps=8, start_time=clock.now)
+  logger.write(0, {"eval_init/knn_top1": 0.25})
+  logger.restart_clock(0)
+  for step in (2, 4, 6):
+    clock.now += 30.0
+    logger.progress(step, {"loss": 1.0}, images_per_step=8)
+  logger.close()
+  # Killed after step 6; the checkpoint of step 4 is restored, an hour later.
+  clock.now += 3600.0
+  logger = metrics.MetricLogger(str(tmp_path), total_steps=8, resume_step=4,
+                                start_time=clock.now)
+  assert logger.earlier_time_s == 60.0 and logger.init_eval == {"eval/knn_top1": 0.25}
+  clock.now += 10.0
+  assert logger.elapsed_s() == 70.0
+  logger.close()
+
+
+def test_the_first_step_line_shows_its_time_beside_the_metrics(monkeypatch):
+  lines = []
+  monkeypatch.setattr(absl_logging, "info", lambda msg, *a: lines.append(msg % a))
+  logger = metrics.MetricLogger.__new__(metrics.MetricLogger)
+  logger.total_steps = 100
+  logger.first_step(1, {"loss": 2.5}, "first step 12.0 s (compilation included)")
+  assert lines == ["step 1/100  loss=2.5  first step 12.0 s (compilation included)"]

@@ -3,6 +3,7 @@
 Resume, preemption and config errors: reliability_test.py."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -74,7 +75,37 @@ def test_cli_overrides_train_and_print_summary(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Finished 3 steps" in out.stdout
+  # The console: this project's lines without absl's prefix, no library chatter.
+  console = out.stderr.splitlines()
+  assert not [l for l in console if re.match(r"[IWEF]\d{4} ", l)], out.stderr[-3000:]
+  assert not [l for l in console if "orbax" in l.lower() or "backend" in l], out.stderr[-3000:]
+  assert any(l.startswith("step 1/3  ") and "loss=" in l for l in console), out.stderr[-3000:]
+  assert "orbax" in (tmp_path / "log.txt").read_text()  # The log file keeps everything.
   assert "linear_probe_top1=" in out.stdout and str(tmp_path) in out.stdout
   rows = _read_jsonl(tmp_path / "metrics.jsonl")
   assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
+def test_summary_of_a_resumed_run_covers_every_session():
+  from big_contrast import main as main_lib
+  text = main_lib.summary(dict(step=500, wall_time_s=600.0, session=dict(steps=200,
+                               wall_time_s=240.0), init={"eval/knn_top1": 0.5},
+                               final={"eval/knn_top1": 0.9}, checkpoint_dir="c",
+                               metrics_file="m", tensorboard_dir="t"))
+  assert text.splitlines()[0] == ("Finished 500 steps in 10.0 min over every session; this one "
+                                  "resumed at step 300 and ran 200 steps in 4.0 min.")
+  assert "random init  knn_top1=0.5000" in text and "trained      knn_top1=0.9000" in text
+
+
+def test_a_host_without_tpu_chips_does_not_load_libtpu():
+  """jax[tpu] (installed for ahead-of-time compiles) otherwise prints libtpu's failed search
+  for chips on every CPU or GPU host."""
+  code = ("from big_contrast import console; console.skip_absent_tpu(); import jax; "
+          "print(jax.default_backend())")
+  env = {k: v for k, v in subprocess_env(1).items() if k != "JAX_PLATFORMS"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == "cpu", out.stderr
+  assert "TPU" not in out.stderr and "tpu" not in out.stderr, out.stderr
