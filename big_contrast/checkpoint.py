@@ -122,6 +122,44 @@ class Checkpointer:
                                              cleanup_tmp_directories=True),
         item_handlers=ocp.StandardCheckpointHandler())
 
+  @classmethod
+  def reader(cls, workdir: str):
+    """A Checkpointer that only reads (`restore`): it deletes, moves and writes nothing, so
+    it can read the checkpoints of a run that is still training there."""
+    self = cls.__new__(cls)
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.corrupt_directory, self.every_steps = None, 0
+    # Orbax warns that a read-only manager saves nothing, which is the point here.
+    expected = lambda r: "read only" not in r.getMessage() and "read_only" not in r.getMessage()
+    logging.get_absl_handler().addFilter(expected)
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+          item_handlers=ocp.StandardCheckpointHandler())
+    finally:
+      logging.get_absl_handler().removeFilter(expected)
+    return self
+
+  def all_steps(self) -> list:
+    return sorted(self._manager.all_steps())
+
+  def restore(self, step: int, abstract_state):
+    """Checkpoint `step`, checked against its digest, with the shapes, dtypes and shardings
+    of `abstract_state`. Raises ValueError naming the problem; moves nothing."""
+    if step not in self._manager.all_steps():
+      raise ValueError(f"There is no checkpoint {step} in {self.directory}; it holds "
+                       f"{self.all_steps() or 'none'}.")
+    if _shapes(self._manager.item_metadata(step)) != _shapes(abstract_state):
+      raise ValueError(f"Checkpoint {step} in {self.directory} holds a train state of other "
+                       "shapes than this config's model and optimizer: read it with the "
+                       "config that wrote it (the run's config.json).")
+    try:
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      self._verify(step, restored)
+    except CorruptCheckpoint as e:
+      raise CorruptCheckpoint(f"Checkpoint {step} in {self.directory}: {e}.") from None
+    return restored
+
   def latest_step(self):
     return self._manager.latest_step()
 

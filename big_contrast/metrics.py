@@ -13,6 +13,8 @@ import numpy as np
 from clu import metrics as clu_metrics
 import tensorboardX
 
+from big_contrast import run_config
+
 # The share of step time waiting for input above which the run warns.
 INPUT_BOUND = 0.25
 
@@ -24,10 +26,19 @@ def average(history: list[dict]) -> dict:
       np.asarray([h[k] for h in history], np.float32)).compute()) for k in history[0]}
 
 
+def hparams(config) -> dict:
+  """The config as TensorBoard hparams: {"optimizer.lr": 0.001, "mesh": "(('data', -1),)"}."""
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+          for k, v in run_config.flatten(config).items()}
+
+
 class MetricLogger:
   """Writes each logged step to stdout, `metrics.jsonl` and TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, total_steps: int, resume_step: int = 0, start_time=None):
+  def __init__(self, workdir: str, total_steps: int, resume_step: int | None = 0,
+               start_time=None):
+    """`resume_step`: the step the run starts from (rows logged past it are dropped); None
+    appends to what is there and drops nothing (an evaluation beside a training run)."""
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
@@ -38,7 +49,7 @@ class MetricLogger:
     self._start = time.time() if start_time is None else start_time
     if self.active:
       os.makedirs(workdir, exist_ok=True)
-      for row in self._drop_rows_after(resume_step):
+      for row in self._drop_rows_after(resume_step) if resume_step is not None else ():
         self.earlier_time_s = max(self.earlier_time_s, row.get("elapsed_s", 0.0))
         self.init_eval.update({k.replace("eval_init/", "eval/"): v for k, v in row.items()
                                if k.startswith("eval_init/")})
@@ -89,6 +100,15 @@ class MetricLogger:
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
     self._tb.flush()
+
+  def evaluation(self, step: int, values: dict, config):
+    """An evaluation's metrics, and the run's config beside them as TensorBoard hparams (the
+    HParams dashboard compares runs by them)."""
+    self.write(step, values)
+    if self.active:
+      for summary in tensorboardX.summary.hparams(hparams(config), dict.fromkeys(values, 0.0)):
+        self._tb.file_writer.add_summary(summary, step)
+      self._tb.flush()
 
   def data_wait(self, seconds: float):
     """Adds time the loop spent waiting for its next input batch."""

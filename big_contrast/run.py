@@ -11,6 +11,7 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ import optax
 
 from big_contrast import evaluate
 from big_contrast import grad_cache
+from big_contrast import init_from
 from big_contrast import methods
 from big_contrast import optim
 from big_contrast import run_config
@@ -111,6 +113,19 @@ class Run:
   def init_state(self):
     """The fresh train state, placed with its shardings."""
     return jax.jit(self.init, out_shardings=self.state_sharding)(self.init_rng)
+
+  def initial_state(self):
+    """The state a run starts from: fresh, with what `config.init_from` names loaded into it
+    (read and checked before the first compile)."""
+    source = self.config.get("init_from")
+    pretrained = (init_from.load(source, self.abstract, self.config)
+                  if init_from.requested(source) else {})
+    ts = self.init_state()
+    if pretrained:
+      ts = init_from.apply(ts, pretrained, self.state_sharding)
+      logging.info("Initialised %d arrays from %s.", len(pretrained),
+                   source.workdir or source.torch.path)
+    return ts
 
   def train_batches(self):
     """This process's rows of every global batch (input_pipeline/pipeline.py)."""

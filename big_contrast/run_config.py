@@ -9,6 +9,7 @@ nothing reads (typos, or another method's keys) and values their declarations re
 """
 import difflib
 import json
+import os
 
 import ml_collections
 
@@ -205,3 +206,27 @@ def check_resume(saved_json: str, config, path: str):
         f"this one in what the checkpoint means:\n" + "\n".join(diffs) + "\nResume with the "
         "saved values, or start a new --workdir (config.init_from.workdir can load this "
         f"run's weights). Only {RESUMABLE} may change on resume.")
+
+
+def _tuples(value):
+  """JSON's lists back to the tuples recipes write (mesh, widths, evaluators, rules)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def read_saved(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in WORKDIR/config.json, as its recipe built it."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"{path} does not exist: --workdir must be a training run's workdir "
+                     "(the loop writes config.json there), or give --config=RECIPE.")
+  with open(path) as f:
+    try:
+      saved = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); give --config=RECIPE with the "
+                       "run's settings instead.") from None
+  return ml_collections.ConfigDict(_tuples(saved))

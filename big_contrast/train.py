@@ -20,7 +20,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from big_contrast import checkpoint
-from big_contrast import init_from
 from big_contrast import metrics
 from big_contrast import run_config
 from big_contrast import run as run_lib
@@ -217,15 +216,7 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
       f.write(config.to_json_best_effort(indent=2))
     os.replace(saved_config + ".tmp", saved_config)  # Never a half-written config.json.
   if ts is None:
-    # Read and checked before the first compile; applied to the fresh state.
-    source = config.get("init_from")
-    pretrained = (init_from.load(source, run.abstract, config)
-                  if init_from.requested(source) else {})
-    ts = run.init_state()
-    if pretrained:
-      ts = init_from.apply(ts, pretrained, run.state_sharding)
-      logging.info("Initialised %d arrays from %s.", len(pretrained),
-                   source.workdir or source.torch.path)
+    ts = run.initial_state()
   else:
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(ts["step"]))
   step = int(ts["step"])
@@ -243,7 +234,8 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
   results = {}
   if step == 0 and config.eval.get("at_start"):
     results["init"] = evaluate_now()
-    logger.write(0, {k.replace("eval/", "eval_init/"): v for k, v in results["init"].items()})
+    logger.evaluation(0, {k.replace("eval/", "eval_init/"): v
+                          for k, v in results["init"].items()}, config)
     logging.info("Random-init evaluation: %s", results["init"])
 
   history, compiled, pending, preempted, first_note = [], False, [], None, ""
@@ -292,7 +284,7 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
       history, first_note = [], ""
     if eval_now:
       results["final"] = evaluate_now()
-      logger.write(step, results["final"])
+      logger.evaluation(step, results["final"], config)
       logging.info("Evaluation at step %d: %s", step, results["final"])
       logger.restart_clock(step)
     if ckpt.maybe_save(step, ts, force=last or bool(preempted)):

@@ -98,3 +98,45 @@ def test_image_text_evaluators_need_an_image_text_method(tmp_path):
   with pytest.raises(ValueError, match="config.eval.evaluators='recall' is not a known "
                                        "evaluator"):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_evaluate_command_equals_the_in_training_evaluation_and_disturbs_nothing(tmp_path):
+  """A checkpoint evaluated by `python -m big_contrast.evaluate` gives the in-training
+  evaluation of its step; the reader leaves a running save's temporary directory alone."""
+  import json
+  import os
+  import subprocess
+  import sys
+  from big_contrast import run_config
+  from big_contrast.evaluate import command
+  from conftest import subprocess_env
+  workdir = str(tmp_path / "run")
+  config = tiny_config(**{"eval.evaluators": ("knn", "linear_probe")})
+  results = train.train_and_evaluate(config, workdir)
+  in_progress = os.path.join(workdir, "checkpoints", "6.orbax-checkpoint-tmp-123")
+  os.makedirs(in_progress)
+  saved = run_config.read_saved(workdir)
+  assert saved.mesh == config.mesh and saved.eval.evaluators == ("knn", "linear_probe")
+  out = command.evaluate_workdir(saved, workdir)
+  assert out["step"] == 4 and out["metrics"] == results["final"]
+  assert os.path.isdir(in_progress)
+  record = json.load(open(out["file"]))
+  assert record["metrics"] == results["final"] and len(record["evaluations"]) == 1
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r for r in rows if r["step"] == 4 and "eval/knn_top1" in r] == [
+      {"step": 4, **results["final"]}] * 2
+  # The command line: another step, one evaluator, a setting overridden.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cli = subprocess.run([sys.executable, "-m", "big_contrast.evaluate", f"--workdir={workdir}",
+                        "--step=2", "--evaluators=knn", "--config.eval.knn.k=3"], cwd=root,
+                       env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  assert cli.returncode == 0, cli.stderr[-3000:]
+  assert "Step 2: knn_top1=" in cli.stdout, cli.stdout
+  record = json.load(open(os.path.join(workdir, "evaluations", "step_2.json")))
+  assert list(record["metrics"]) == ["eval/knn_top1"]
+  assert record["evaluations"][0]["config"]["eval"]["knn"]["k"] == 3
+  missing = subprocess.run([sys.executable, "-m", "big_contrast.evaluate",
+                            f"--workdir={workdir}", "--step=3"], cwd=root,
+                           env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  assert missing.returncode != 0 and "no checkpoint 3" in missing.stderr
+  assert "it holds [2, 4]" in missing.stderr

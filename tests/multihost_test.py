@@ -179,21 +179,21 @@ def test_cli_joins_the_processes_srun_describes_without_flags(tmp_path):
 
 
 def test_launchers_are_told_apart_by_their_environment():
-  from big_contrast import main
-  assert main.detected_cluster({}) is None
-  assert main.detected_cluster({"SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "n[1-4]"}) == "SLURM"
+  from big_contrast import cli
+  assert cli.detected_cluster({}) is None
+  assert cli.detected_cluster({"SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "n[1-4]"}) == "SLURM"
   # An sbatch script itself (no step) and a one-task step are single processes.
-  assert main.detected_cluster({"SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "n[1-4]"}) is None
-  assert main.detected_cluster({"SLURM_NTASKS": "1", "SLURM_STEP_NODELIST": "n1"}) is None
-  assert main.detected_cluster({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == "TPU on GKE"
-  assert main.detected_cluster({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
-  assert main.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8",
+  assert cli.detected_cluster({"SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "n[1-4]"}) is None
+  assert cli.detected_cluster({"SLURM_NTASKS": "1", "SLURM_STEP_NODELIST": "n1"}) is None
+  assert cli.detected_cluster({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == "TPU on GKE"
+  assert cli.detected_cluster({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+  assert cli.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8",
                                 "OMPI_MCA_orte_hnp_uri": "123.0;tcp://10.0.0.2:4000"}) == "Open MPI"
   with pytest.raises(app.UsageError, match="pass --coordinator_address=HOST:PORT"):
-    main.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8"})  # Open MPI 5: jax cannot read it.
+    cli.detected_cluster({"OMPI_COMM_WORLD_SIZE": "8"})  # Open MPI 5: jax cannot read it.
   env = {"JAX_COORDINATOR_ADDRESS": "trainer-0.trainer:1234", "JAX_NUM_PROCESSES": "4",
          "JOB_COMPLETION_INDEX": "3"}
-  assert main.detected_cluster(env).startswith("Kubernetes")
-  assert main._env_process(env) == ("trainer-0.trainer:1234", 4, 3)
+  assert cli.detected_cluster(env).startswith("Kubernetes")
+  assert cli._env_process(env) == ("trainer-0.trainer:1234", 4, 3)
   with pytest.raises(app.UsageError, match="also set JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
-    main._env_process({"JAX_COORDINATOR_ADDRESS": "x:1"})
+    cli._env_process({"JAX_COORDINATOR_ADDRESS": "x:1"})

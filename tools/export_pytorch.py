@@ -25,6 +25,7 @@ import numpy as np
 
 from big_contrast import init_from
 from big_contrast import methods
+from big_contrast import run_config
 from big_contrast import torch_convert as tc
 
 
@@ -99,15 +100,6 @@ def export_tokenizer(tok_cfg, out_dir: str) -> dict:
   return info
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ValueError(f"{path} does not exist: --workdir must be a training run's workdir "
-                     "(the loop writes config.json there).")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="the training run's workdir")
@@ -118,7 +110,7 @@ def main(argv=None):
   parser.add_argument("--pt", action="store_true", help="also write torch .pt state dicts")
   args = parser.parse_args(argv)
 
-  config = read_config(args.workdir)
+  config = run_config.read_saved(args.workdir)
   source = ml_collections.ConfigDict(dict(workdir=args.workdir, step=args.step))
   flat = init_from.read_source(source)
   files = export_run(config, flat, args.part)

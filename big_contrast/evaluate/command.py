@@ -1,0 +1,135 @@
+"""Evaluate a checkpoint, or imported weights, without training:
+
+  python -m big_contrast.evaluate --workdir=DIR [--step=N] [--evaluators=knn,linear_eval] \
+      [--config.KEY=VALUE ...]
+  python -m big_contrast.evaluate --config=configs/<recipe>.py --workdir=DIR \
+      --config.init_from.torch.path=weights.safetensors ...
+
+The run's config comes from DIR/config.json (or --config, a recipe file); `--config.KEY`
+overrides it (where the data is, evaluator settings). The step's train state is restored
+read-only and checked against its digest, so a run still training in DIR is not disturbed.
+A workdir without checkpoints evaluates the state `config.init_from` builds (PyTorch
+weights through init_from.torch, or another run's). The results are appended to DIR's
+metrics.jsonl and TensorBoard (at the step evaluated) and written to
+DIR/evaluations/step_<N>.json.
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from big_contrast import checkpoint
+from big_contrast import cli
+from big_contrast import console
+from big_contrast import init_from
+from big_contrast import metrics
+from big_contrast import run as run_lib
+from big_contrast import run_config
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (results go there too).")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint step (default: the latest).")
+_EVALUATORS = flags.DEFINE_list("evaluators", None,
+                                "Evaluators to run (default: the config's eval.evaluators).")
+
+
+def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
+  """{"step", "metrics": {"eval/<name>": value}, "file"} of `config.eval.evaluators` on
+  checkpoint `step` of `workdir` (default the latest), or, where it has none, on the state
+  `config.init_from` builds. Everything the config gets wrong fails before any compile."""
+  run = run_lib.setup(config)
+  reader = checkpoint.Checkpointer.reader(workdir) if os.path.isdir(
+      os.path.join(workdir, "checkpoints")) else None
+  steps = reader.all_steps() if reader else []
+  if steps:
+    step = steps[-1] if step is None else step
+    ts = reader.restore(step, checkpoint.abstract_like(run.abstract, run.state_sharding))
+    logging.info("Evaluating checkpoint %d of %s.", step, reader.directory)
+  elif init_from.requested(config.get("init_from")) and not step:
+    step, ts = 0, run.initial_state()
+  else:
+    raise ValueError(f"{workdir} has no checkpoints to evaluate: give the workdir of a "
+                     "training run, or set config.init_from (e.g. "
+                     "--config.init_from.torch.path=WEIGHTS) to evaluate imported weights.")
+  started = time.time()
+  values = run.evaluate(ts)
+  result = dict(step=step, metrics=values, evaluators=list(config.eval.evaluators),
+                seconds=time.time() - started, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+  if jax.process_index() == 0:
+    result["file"] = _record(workdir, step, result, config)
+  logger = metrics.MetricLogger(workdir, total_steps=0, resume_step=None)
+  logger.evaluation(step, values, config)
+  logger.close()
+  return result
+
+
+def _record(workdir, step, result, config) -> str:
+  """Adds `result` to DIR/evaluations/step_<step>.json: every evaluation of the step is kept,
+  with its config, and "metrics" holds the latest value of each metric."""
+  path = os.path.join(workdir, "evaluations", f"step_{step}.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  record = {"step": step, "metrics": {}, "evaluations": []}
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        record = json.load(f)
+    except ValueError:  # Damaged outside this code (it writes atomically): keep it aside.
+      os.replace(path, path + ".corrupt")
+      logging.warning("%s was not valid JSON; kept as %s.corrupt.", path, path)
+  record["metrics"].update(result["metrics"])
+  record["evaluations"].append({**result, "config": json.loads(config.to_json_best_effort())})
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def _config_flag(argv):
+  """--config: the recipe file given, else the workdir's saved config (read before the flags
+  are parsed, so that --config.KEY=VALUE overrides either)."""
+  if cli.flag_values(argv, "config"):
+    return config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).")
+  workdirs = cli.flag_values(argv, "workdir")
+  if not workdirs:
+    sys.stderr.write("FATAL Flags parsing error: give --workdir=DIR (a training run's "
+                     "workdir), and --config=RECIPE to evaluate imported weights.\n")
+    sys.exit(2)
+  try:
+    saved = run_config.read_saved(workdirs[-1])
+  except ValueError as e:
+    sys.stderr.write(f"FATAL {e}\n")
+    sys.exit(2)
+  return config_flags.DEFINE_config_dict("config", saved, "The run's config.json.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.setup()
+  cli.init_distributed()
+  config = _CONFIG.value
+  if _EVALUATORS.value is not None:
+    config.unlock()
+    config.eval.evaluators = tuple(_EVALUATORS.value)
+  try:
+    result = evaluate_workdir(config, _WORKDIR.value, _STEP.value)
+  except (*cli.USER_ERRORS, checkpoint.CorruptCheckpoint) as e:
+    sys.exit(f"FATAL {type(e).__name__}: {e}")
+  if jax.process_index() == 0:
+    shown = "  ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in result["metrics"].items())
+    print(f"Step {result['step']}: {shown}\n  results  {result['file']}", flush=True)
+
+
+_CONFIG = None
+
+
+def run_main():
+  global _CONFIG
+  _CONFIG = _config_flag(sys.argv)
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main, flags_parser=cli.parse_flags)
