@@ -53,7 +53,8 @@ def test_loss_decreases_and_logs_are_written(tmp_path):
   # The logged k-NN accuracy is the one of the final state's features, computed afresh.
   run = run_lib.setup(c)
   ctx = evaluate.Context(run, results["train_state"])
-  (train_x, train_y), (test_x, test_y) = ctx.features("train"), ctx.features("test")
+  (train_x, train_y), (test_x, test_y) = ctx.features("train").gather(), ctx.features(
+      "test").gather()
   assert len(test_y) == 360 and len(train_y) == 1437
   want = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, num_classes=10,
                                k=c.eval.knn.k, temperature=c.eval.knn.temperature)

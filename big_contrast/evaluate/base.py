@@ -96,19 +96,23 @@ class Context:
       self._memo[key] = compute()
     return self._memo[key]
 
-  def extract(self, encoder: str, source, key="image", tokenize=True):
-    """(outputs, labels) of the method's jitted `encoder` over one pass of `source`; the
-    captions of the run's image-text sources are tokenized, other sources bring tokens."""
+  def bank(self, encoder: str, source, key="image", tokenize=True) -> features.Bank:
+    """The method's jitted `encoder` over one pass of `source`, kept sharded on the devices;
+    the captions of the run's image-text sources are tokenized, other sources bring tokens."""
     fn = self.run.encoder(encoder)
     bound = lambda x: fn(self.ts["params"], self.ts["state"], x)
     batch_size = self.config.eval.get("batch_size") or self.config.batch_size
-    return features.extract(bound, source, self.run.mesh, batch_size, key=key,
-                            tokenizer=self.tokenizer if tokenize else None)
+    return features.bank(bound, source, self.run.mesh, batch_size, key=key,
+                         tokenizer=self.tokenizer if tokenize else None)
 
-  def features(self, split: str):
-    """(backbone features, labels) of split "train" or "test"."""
+  def extract(self, encoder: str, source, key="image", tokenize=True):
+    """(outputs, labels) as numpy arrays on every host: for small splits."""
+    return self.bank(encoder, source, key, tokenize).gather()
+
+  def features(self, split: str) -> features.Bank:
+    """The backbone features of split "train" or "test", sharded on the devices."""
     source = self.train_source if split == "train" else self.test_source
-    return self._once(("features", split), lambda: self.extract("features", source))
+    return self._once(("features", split), lambda: self.bank("features", source))
 
   def image_embeddings(self):
     """(joint-space image embeddings, labels) of the test split."""
