@@ -8,6 +8,7 @@ from big_contrast import sharding
 from input_pipeline import digits
 import pytest
 from big_contrast import train
+from conftest import assert_fraction_of_test_split
 from conftest import tiny_config
 
 
@@ -174,3 +175,61 @@ def test_bank_streams_features_sharded_in_order():
   assert {s.data.shape for s in bank.x.addressable_shards} == {(6, 8, 3)}
   x, y = bank.gather()
   np.testing.assert_allclose(x, [source[i]["image"].mean((0, 1)) for i in range(360)], rtol=1e-6)
+
+
+def test_knn_memory_per_device_is_the_banks_share():
+  from tools import knn_memory
+  m = knn_memory.bank_memory(train=8 * 64 * 4, dim=16, batch=64, num_classes=10)
+  share = 8 * 64 * 4 * 16 * 4 / 8  # float32 features split over the 8 devices.
+  assert m["devices"] == 8 and share <= m["argument_bytes"] < 1.3 * share
+
+
+def test_balanced_subset_takes_each_class_share():
+  from big_contrast.evaluate import classifier
+  labels = np.repeat(np.arange(4), [100, 50, 10, 3])
+  idx = classifier.balanced_subset(labels, 0.1, seed=0)
+  assert np.bincount(labels[idx]).tolist() == [10, 5, 1, 1]  # At least one of each class.
+  assert np.array_equal(idx, classifier.balanced_subset(labels, 0.1, seed=0))
+  assert not np.array_equal(idx, classifier.balanced_subset(labels, 0.1, seed=1))
+  assert len(np.unique(idx)) == len(idx)
+
+
+def test_classifier_views_are_crops_and_flips_of_the_image_only():
+  from big_contrast.evaluate import classifier
+  from ml_collections import ConfigDict
+  images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+  same = ConfigDict(dict(crop_scale=(1.0, 1.0), flip_prob=0.0))
+  views = classifier._views({"image": images}, jax.random.PRNGKey(0), 16, same)
+  assert views.dtype == jnp.uint8 and np.array_equal(views, images)
+  flipped = classifier._views({"image": images}, jax.random.PRNGKey(0), 16,
+                              ConfigDict(dict(crop_scale=(1.0, 1.0), flip_prob=1.0)))
+  assert np.array_equal(flipped, images[:, :, ::-1])
+  host = classifier._views({"views": images[:, None]}, jax.random.PRNGKey(0), 16, same)
+  assert np.array_equal(host, images)  # Cropped on the host: nothing else happens here.
+  cropped = classifier._views({"image": images}, jax.random.PRNGKey(0), 8,
+                              ConfigDict(dict(crop_scale=(0.08, 1.0), flip_prob=0.5)))
+  assert cropped.shape == (4, 8, 8, 3)
+
+
+def test_linear_eval_and_finetune_learn_and_leave_the_run_untouched(tmp_path):
+  """Measured with this config: linear_eval top-1 0.31 (linear_probe 0.40), finetune on all
+  labels 0.19; chance is 0.10."""
+  c = tiny_config(total_steps=2, mesh=[("data", 8)],
+                  **{"eval.evaluators": (), "data.image_size": 16, "augment.crop_size": 16})
+  run_results = train.train_and_evaluate(c, str(tmp_path))
+  ts = run_results["train_state"]
+  before = jax.tree.map(np.asarray, ts["params"])
+  c.eval.update(evaluators=("linear_eval", "finetune"), batch_size=64)
+  c.eval.linear_eval.update(epochs=5.0, standardize=True, crop_scale=(0.5, 1.0))
+  c.eval.finetune.update(label_fractions=(0.1, 1.0), epochs=(3.0, 3.0), crop_scale=(0.5, 1.0))
+  # AdamW: the tiny backbone's features are too ill-conditioned for SGD in a few epochs.
+  c.eval.linear_eval.optimizer.update(name="adamw", lr=0.01, lr_batch_scale=0)
+  c.eval.finetune.optimizer.update(name="adamw", lr=0.001, lr_batch_scale=0)
+  from big_contrast import run as run_lib
+  got = run_lib.setup(c).evaluate(ts)
+  assert got["eval/linear_eval_top1"] > 0.2, got
+  assert got["eval/finetune_100pct_top1"] > 0.15, got
+  for name in ("linear_eval", "finetune_10pct", "finetune_100pct"):
+    assert 0 <= got[f"eval/{name}_top1"] <= got[f"eval/{name}_top5"] <= 1, got
+    assert_fraction_of_test_split(got[f"eval/{name}_top1"])
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, ts["params"]))

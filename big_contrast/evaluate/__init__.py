@@ -1,6 +1,7 @@
 """Evaluators, registered by name: k-NN and linear probe of frozen features; zero-shot and
 retrieval of image-text models. A new one is a function with `@base.evaluator(name)` in a
 module imported here."""
+from big_contrast.evaluate import classifier
 from big_contrast.evaluate.base import EVALUATORS
 from big_contrast.evaluate.base import Context
 from big_contrast.evaluate.base import check

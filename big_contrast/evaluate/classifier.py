@@ -1,0 +1,236 @@
+"""Classifiers trained over augmented views of the training split, as the papers evaluate:
+
+  linear_eval  a linear classifier on the frozen backbone (SimCLR, MoCo, SwAV, poly-view's
+               "linear evaluation"), trained on random-resized-crop + flip views;
+  finetune     the backbone and a linear classifier trained together on a class-balanced
+               fraction of the labels (SimCLR's semi-supervised 1% / 10%) or on all of them.
+
+Both train with the optimizer of `config.eval.<name>.optimizer` (big_contrast/optim.py: SGD
+with Nesterov momentum, or LARS for large batches; lr per 256 examples) for `epochs` passes
+over the (sub)set, then report top-1 and top-5 on the test split's evaluation view (the
+host's resize of data.image_size, then a centre crop of augment.crop_size: 256 -> 224 on
+ImageNet). The backbone runs as `Method.features` does, in inference mode: BatchNorm uses and
+keeps its running statistics, also while fine-tuning.
+"""
+import functools
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from big_contrast import augment
+from big_contrast import optim
+from big_contrast import settings
+from big_contrast import sharding
+from big_contrast.evaluate import base
+from big_contrast.evaluate import features
+from input_pipeline import decode
+from input_pipeline import pipeline
+
+
+def _optimizer(lr, nesterov=True, **kw):
+  return dict(optim.SETTINGS, name=settings.choice("sgd", optim.OPTIMIZERS),
+              lr=settings.positive(lr), lr_batch_scale=settings.number(256, low=0),
+              weight_decay=settings.number(kw.get("weight_decay", 0.0), low=0),
+              warmup_epochs=settings.number(0.0, low=0), nesterov=settings.boolean(nesterov))
+
+
+_VIEW = dict(crop_scale=settings.interval((0.08, 1.0), 0.0, 1.0),
+             flip_prob=settings.probability(0.5),
+             batch_size=settings.integer(0, low=0),  # 0: config.eval.batch_size
+             seed=settings.integer(0))
+
+def _fractions(v):
+  if (not isinstance(v, (tuple, list)) or not v or
+      not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in v)):
+    return "must be a tuple of label fractions in (0, 1], e.g. (0.01, 0.1) or (1.0,)"
+  return None
+
+
+def _epochs(v):
+  if not isinstance(v, (tuple, list)) or not all(
+      isinstance(e, (int, float)) and e > 0 for e in v):
+    return "must be a tuple of epochs > 0, one per label fraction"
+  return None
+
+
+# SimCLR's protocols (Chen et al. 2020, appendix B.5 / B.6): Nesterov momentum 0.9, no weight
+# decay, cosine decay without warmup; linear evaluation 90 epochs at lr 0.1 x B/256, fine-tuning
+# 60 epochs on 1% and 30 on 10% of the labels at lr 0.05 x B/256.
+# standardize: features minus the training split's mean, over its std (of the evaluation
+# view), before the classifier: a BatchNorm without affine parameters with fixed statistics, as
+# MAE's linear probing places one; off in SimCLR's and MoCo's protocols.
+LINEAR_EVAL = dict(epochs=settings.positive(90.0), optimizer=_optimizer(0.1),
+                   standardize=settings.boolean(False), **_VIEW)
+FINETUNE = dict(label_fractions=settings.Setting((0.01, 0.1), _fractions),
+                epochs=settings.Setting((60.0, 30.0), _epochs),
+                optimizer=_optimizer(0.05), **_VIEW)
+
+
+def labels_of(source) -> np.ndarray:
+  """The label of every example, read without decoding images where the source allows."""
+  for holder in (source, getattr(source, "reader", None)):
+    if getattr(holder, "labels", None) is not None:
+      return np.asarray(holder.labels)
+  reader = getattr(source, "reader", source)  # Encoded records: the label, not the image.
+  return np.asarray([reader[i]["label"] for i in range(len(reader))])
+
+
+def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of a class-balanced `fraction` of the examples: from each class
+  round(fraction × its size) of them (at least one), drawn with `seed`."""
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    take = max(1, int(round(fraction * len(members))))
+    chosen.append(rng.choice(members, take, replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+class Subset:
+  """Examples `indices` of `source`, with its host cropping (train_views) if it has one."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices)
+    self.class_names = getattr(source, "class_names", ())
+    if hasattr(source, "train_views"):
+      self.train_views = lambda specs, i, rng: source.train_views(specs, self.indices[i], rng)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def _views(batch, rng, crop_size, cfg):
+  """uint8 views [B, S, S, 3]: random-resized crop (on the host for encoded sources, else
+  here) and flip, nothing photometric; uint8 as torchvision's crops are, so the backbone
+  sees them through the method's evaluation view (normalisation) unchanged in size."""
+  aug = dict(augment.default_config(), crop_size=crop_size, crop_scale=tuple(cfg.crop_scale),
+             flip_prob=cfg.flip_prob, color_jitter_prob=0.0, grayscale_prob=0.0,
+             blur_prob=0.0, solarize_prob=0.0)
+  host = "views" in batch
+  x = augment.augment_batch(rng, batch["views"][:, 0] if host else batch["image"], aug,
+                            crop=not host)
+  return jnp.round(x * 255).astype(jnp.uint8)
+
+
+def _step(method, tx, crop_size, cfg, finetune, frozen_params, state, scale, trained,
+          opt_state, batch, rng):
+  views = _views(batch, rng, crop_size, cfg)
+
+  def loss_fn(trained):
+    params = trained["backbone"] if finetune else frozen_params
+    h = method.features(params, state, views)
+    if not finetune:
+      h = jax.lax.stop_gradient(h)
+    logits = (h - scale[0]) / scale[1] @ trained["head"]["w"] + trained["head"]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(trained)
+  updates, opt_state = tx.update(grads, opt_state, trained)
+  return optax.apply_updates(trained, updates), opt_state, loss
+
+
+@jax.jit
+def _standard_scale(bank_x, valid):
+  """(mean, std) [D] of the valid rows of a bank [K, B, D]."""
+  w = valid[..., None].astype(jnp.float32)
+  x = bank_x.astype(jnp.float32)
+  mean = (x * w).sum((0, 1)) / w.sum()
+  # BatchNorm's epsilon: a feature constant over the split (a dead unit) is not blown up.
+  return mean, jnp.sqrt((jnp.square(x - mean) * w).sum((0, 1)) / w.sum() + 1e-5)
+
+
+@functools.partial(jax.jit, static_argnames=("ks",))
+def _hits(x, y, valid, scale, w, b, ks=(1, 5)):
+  logits = (x.astype(jnp.float32) - scale[0]) / scale[1] @ w + b
+  ranked = jax.lax.top_k(logits, max(ks))[1]
+  hit = (ranked == y[..., None]) & valid[..., None]
+  return {k: hit[..., :k].any(-1).sum() for k in ks}
+
+
+def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,
+                     finetune: bool = False):
+  """{"<name>_top1", "<name>_top5"} of a classifier trained on `fraction` of the labels."""
+  run, config = ctx.run, ctx.config
+  method, mesh, ts = run.method, run.mesh, ctx.ts
+  source = ctx.train_source
+  if fraction < 1.0:
+    source = Subset(source, balanced_subset(labels_of(source), fraction, cfg.seed))
+  batch_size = cfg.batch_size or config.eval.get("batch_size") or config.batch_size
+  batch_size = min(batch_size, len(source) - len(source) % sharding.num_batch_shards(mesh))
+  sharding.check_batch_size(batch_size, mesh, f"config.eval.{name.split('_')[0]}.batch_size")
+  steps = max(1, int(round(epochs * len(source) / batch_size)))
+  tx, lr_fn = optim.make(cfg.optimizer, batch_size, steps,
+                         int(round(cfg.optimizer.warmup_epochs * len(source) / batch_size)))
+  crop = config.augment.crop_size
+  dim = jax.eval_shape(method.features, ts["params"], ts["state"],
+                       jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.uint8)).shape[-1]
+  rep = sharding.replicated(mesh)
+  # N(0, 0.01) weights and zero bias, as SimCLR's and MoCo's classifiers start.
+  head = {"w": 0.01 * jax.random.normal(jax.random.PRNGKey(cfg.seed), (dim, ctx.num_classes)),
+          "b": jnp.zeros((ctx.num_classes,))}
+  # Fine-tuning starts from a copy of the parameters: the run's own state stays untouched.
+  # (copied: device_put could hand back the very arrays, and the step donates them).
+  trained = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings={
+      "head": {"w": rep, "b": rep},
+      **({"backbone": run.state_sharding["params"]} if finetune else {})})(
+          {"head": head, **({"backbone": ts["params"]} if finetune else {})})
+  opt_state = jax.jit(tx.init)(trained)
+  scale = (_standard_scale(ctx.features("train").x, ctx.features("train").valid)
+           if cfg.get("standardize") else (jnp.zeros(dim), jnp.ones(dim)))
+  step = jax.jit(functools.partial(_step, method, tx, crop, cfg, finetune),
+                 donate_argnums=(3, 4))
+  spec = decode.ViewSpec(crop, tuple(cfg.crop_scale))
+  batches = pipeline.train_batches(source, batch_size, config.seed + cfg.seed + 1,
+                                   jax.process_index(), jax.process_count(),
+                                   config.data.get("num_workers", 0), views=([spec], []))
+  rng = jax.random.PRNGKey(cfg.seed)
+  logging.info("%s: %d steps of batch %d over %d examples (%s backbone).", name, steps,
+               batch_size, len(source), "fine-tuned" if finetune else "frozen")
+  iterator = batches.iterate(0)
+  for i in range(steps):
+    batch = sharding.global_batch(next(iterator), mesh)
+    trained, opt_state, loss = step(None if finetune else ts["params"], ts["state"], scale,
+                                    trained, opt_state, batch, jax.random.fold_in(rng, i))
+    if (i + 1) % max(1, steps // 10) == 0 or i + 1 == steps:
+      logging.info("%s: step %d/%d  loss=%.4g  lr=%.4g", name, i + 1, steps, float(loss),
+                   float(lr_fn(i)))
+  getattr(iterator, "close", lambda: None)()
+  if finetune:  # The test split through the fine-tuned backbone.
+    fn = run.encoder("features")
+    test = features.bank(lambda x: fn(trained["backbone"], ts["state"], x), ctx.test_source,
+                         mesh, config.eval.get("batch_size") or config.batch_size)
+  else:
+    test = ctx.features("test")
+  hits = _hits(test.x, test.y, test.valid, scale, trained["head"]["w"], trained["head"]["b"])
+  return {f"{name}_top{k}": float(v) / len(test) for k, v in hits.items()}
+
+
+@base.evaluator("linear_eval", settings=LINEAR_EVAL, check=base.needs_labels)
+def linear_eval(ctx, cfg):
+  """Linear evaluation: a linear classifier on the frozen backbone over augmented views."""
+  return train_classifier(ctx, cfg, "linear_eval", cfg.epochs)
+
+
+def _check_finetune(run):
+  cfg = run.config.eval.finetune
+  if len(cfg.epochs) != len(cfg.label_fractions):
+    return (f"config.eval.finetune.epochs={tuple(cfg.epochs)} must give one number of epochs "
+            f"per label fraction {tuple(cfg.label_fractions)}.")
+  return base.needs_labels(run)
+
+
+@base.evaluator("finetune", settings=FINETUNE, check=_check_finetune)
+def finetune(ctx, cfg):
+  """Fine-tuning of the whole backbone on each label fraction: finetune_<pct>pct_top1/5."""
+  out = {}
+  for fraction, epochs in zip(cfg.label_fractions, cfg.epochs):
+    out.update(train_classifier(ctx, cfg, f"finetune_{fraction * 100:g}pct", epochs, fraction,
+                                finetune=True))
+  return out
