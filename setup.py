@@ -9,6 +9,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["big_contrast*", "configs*", "input_pipeline*",
                                                "tools*"]),
+    # CLIP's ImageNet class names and prompt templates (zero-shot evaluation).
+    package_data={"big_contrast": ["evaluate/data/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",

@@ -154,3 +154,19 @@ def check(data_cfg, kind: str):
 def get_sources(data_cfg):
   """(train source, test source, num_classes) of `config.data`."""
   return SOURCES.get(data_cfg.name).open(data_cfg)
+
+
+def open_split(data_cfg, split: str):
+  """One split of a labelled image dataset described like `config.data` (name, path or
+  tfds_name and data_dir, image_size), as an evaluation source; its class names are its own
+  (an ImageFolder's sorted folders, a prepared manifest's, tfds's label names)."""
+  if data_cfg.name == "image_folder":
+    return encoded.EncodedImages(encoded.FolderRecords(os.path.join(data_cfg.path, split)),
+                                 data_cfg.image_size)
+  if data_cfg.name == "prepared":
+    return encoded.EncodedImages(encoded.PreparedRecords(data_cfg.path, split),
+                                 data_cfg.image_size)
+  cfg = data_cfg.copy_and_resolve_references()
+  cfg.test_split = split
+  check(cfg, IMAGES)
+  return get_sources(cfg)[1]

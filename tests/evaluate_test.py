@@ -233,3 +233,41 @@ def test_linear_eval_and_finetune_learn_and_leave_the_run_untouched(tmp_path):
     assert 0 <= got[f"eval/{name}_top1"] <= got[f"eval/{name}_top5"] <= 1, got
     assert_fraction_of_test_split(got[f"eval/{name}_top1"])
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, ts["params"]))
+
+
+def test_clip_imagenet_lists_ship_as_data():
+  from big_contrast.evaluate import image_text
+  lists = image_text.clip_imagenet()
+  assert len(lists["classnames"]) == 1000 and len(lists["templates"]) == 80
+  assert lists["classnames"][0] == "tench" and lists["classnames"][-1] == "toilet paper"
+  assert all(t.count("{}") == 1 for t in lists["templates"])
+  assert lists["templates"][0] == "a bad photo of a {}."
+
+
+def test_zero_shot_on_a_separate_labelled_folder_equals_the_runs_own_split(tmp_path):
+  """zero_shot.data reads another labelled set (as ImageNet's val for a caption-trained run):
+  the digits test split written as an ImageFolder scores what the run's own split scores."""
+  from PIL import Image
+  from big_contrast import run as run_lib
+  from big_contrast.evaluate import image_text
+  c = tiny_config("clip_digits", total_steps=2, **{"eval.evaluators": ()})
+  ts = train.train_and_evaluate(c, str(tmp_path / "run"))["train_state"]
+  test = digits.source("test", image_size=8)
+  names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+  for i in range(len(test)):  # Folders "0".."9" sort into label order.
+    folder = tmp_path / "folder" / "val" / str(int(test[i]["label"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(test[i]["image"])).save(folder / f"{i}.png")
+  c.eval.update(evaluators=("zero_shot",))
+  c.eval.zero_shot.update(class_names=names, templates=("a photo of the number {}.",))
+  own = run_lib.setup(c).evaluate(ts)
+  c.eval.zero_shot.data.update(name="image_folder", path=str(tmp_path / "folder"), split="val")
+  other = run_lib.setup(c).evaluate(ts)
+  assert set(own) == {"eval/zero_shot_top1", "eval/zero_shot_top5"}
+  np.testing.assert_allclose(other["eval/zero_shot_top1"], own["eval/zero_shot_top1"], atol=1e-6)
+  c.eval.zero_shot.update(preset=image_text.CLIP_IMAGENET, class_names=(), templates=())
+  with pytest.raises(ValueError, match="gives 1000 class names and the zero-shot data has 10"):
+    run_lib.setup(c).evaluate(ts)
+  c.eval.zero_shot.templates = ("a photo of a {}", "no slot")
+  with pytest.raises(ValueError, match="must each hold one"):
+    run_lib.setup(c)

@@ -69,7 +69,8 @@ def test_registries_name_the_key_the_choices_and_the_nearest():
     table.register("alpha", 2)
   assert methods.METHODS.names() == ["clip", "moco", "nnclr", "poly_view", "siglip", "simclr",
                                      "swav"]
-  assert evaluate.EVALUATORS.names() == ["knn", "linear_probe", "retrieval", "zero_shot"]
+  assert evaluate.EVALUATORS.names() == ["finetune", "knn", "linear_eval", "linear_probe",
+                                         "retrieval", "zero_shot"]
 
 
 def test_a_method_declares_its_data_and_export():

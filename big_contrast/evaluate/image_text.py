@@ -1,10 +1,13 @@
 """Zero-shot classification and image-text retrieval from joint embeddings."""
 import functools
+import importlib.resources
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from big_contrast import settings
 from big_contrast.evaluate import base
 from big_contrast.numerics import l2_normalize as _l2n
 from input_pipeline import sources
@@ -78,19 +81,70 @@ class PromptSource:
 
 
 
+CLIP_IMAGENET = "clip_imagenet"
+
+
+@functools.cache
+def clip_imagenet() -> dict:
+  """CLIP's (Radford et al. 2021) ImageNet-1k class names, in class-index (synset) order, and
+  its 80 prompt templates: {"classnames": [1000], "templates": [80], "source": ...}."""
+  path = importlib.resources.files("big_contrast.evaluate") / "data" / "imagenet_zero_shot.json"
+  return json.loads(path.read_text())
+
+
+def _lists(cfg) -> tuple:
+  """(class names, templates) that config.eval.zero_shot gives: its own tuples, else its
+  preset's; () class names: the data's."""
+  preset = clip_imagenet() if cfg.preset == CLIP_IMAGENET else {}
+  return (tuple(cfg.class_names) or tuple(preset.get("classnames", ())),
+          tuple(cfg.templates) or tuple(preset.get("templates", ())))
+
+
 def _check_zero_shot(run):
-  if not (getattr(run.sources[1], "class_names", ()) and run.config.eval.zero_shot.templates):
-    return ("zero_shot evaluation needs class names from the test data and "
-            "config.eval.zero_shot.templates (e.g. ('a photo of a {}.',)).")
+  cfg = run.config.eval.zero_shot
+  templates = _lists(cfg)[1]
+  bad = [t for t in templates if t.count("{}") != 1]
+  if bad:
+    return (f"config.eval.zero_shot.templates {bad[:3]} must each hold one '{{}}' where the "
+            "class name goes, e.g. 'a photo of a {}.'.")
+  if not templates:
+    return ("zero_shot evaluation needs config.eval.zero_shot.templates (e.g. ('a photo of a "
+            f"{{}}.',)), or preset={CLIP_IMAGENET!r} for CLIP's 80 and ImageNet names.")
+  if not (cfg.data.name or getattr(run.sources[1], "class_names", ())):
+    return ("zero_shot evaluation needs class names: the run's test data has none; set "
+            "config.eval.zero_shot.data (a labelled set, e.g. name='prepared', path=IMAGENET) "
+            "and class_names or preset.")
   return None
 
 
-@base.evaluator("zero_shot", settings=dict(templates=()), data=(sources.IMAGE_TEXT,),
+# preset CLIP_IMAGENET: CLIP's 1000 ImageNet class names and 80 templates, where class_names
+# or templates are (). class_names (): else the data's own. data.name "": the run's own test
+# split; else a labelled image set read like config.data (image_folder / prepared path, or
+# tfds), e.g. ImageNet's validation split for a CLIP run trained on captions.
+ZERO_SHOT = dict(preset=settings.choice("", ("", CLIP_IMAGENET)), templates=(), class_names=(),
+                 data=dict(name="", path="", split="val", tfds_name="", data_dir=""))
+
+
+@base.evaluator("zero_shot", settings=ZERO_SHOT, data=(sources.IMAGE_TEXT,),
                 check=_check_zero_shot)
 def zero_shot(ctx, cfg):
-  """Zero-shot top-1 (and top-5) on the test split: class-name prompts x templates."""
-  images, labels = ctx.image_embeddings()
-  names, templates = ctx.test_source.class_names, tuple(cfg.templates)
+  """Zero-shot top-1 and top-5 (CLIP's protocol): each class's embedding is the mean of its
+  prompts' (class name x every template), and an image takes the most similar class."""
+  if cfg.data.name:
+    data = ctx.config.data.copy_and_resolve_references()
+    data.update(dict(cfg.data))
+    source = sources.open_split(data, cfg.data.split)
+    images, labels = ctx._once(("zero_shot_images", cfg.data.name, cfg.data.path),
+                               lambda: ctx.extract("encode_images", source, tokenize=False))
+  else:
+    source = ctx.test_source
+    images, labels = ctx.image_embeddings()
+  names, templates = _lists(cfg)
+  names = names or tuple(source.class_names)
+  if len(names) != len(source.class_names):
+    raise ValueError(f"config.eval.zero_shot gives {len(names)} class names and the zero-shot "
+                     f"data has {len(source.class_names)} classes; give one name per class in "
+                     f"label order (preset {CLIP_IMAGENET!r}: ImageNet-1k's 1000).")
   texts, _ = ctx.text_embeddings(PromptSource(names, templates, ctx.tokenizer))
   classifier = zero_shot_classifier(texts.reshape(len(names), len(templates), -1))
   ks = (1, 5) if len(names) > 5 else (1,)
