@@ -13,6 +13,7 @@ The run's architecture is read from WORKDIR/config.json (written by the training
 In PyTorch (with this repository importable; otherwise follow export.json by hand):
   from tools.export_pytorch import load_torch, load_tokenizer
   model = load_torch("exported/simclr")            # strict load, eval mode
+  transform = load_transform("exported/simclr")    # PIL image -> the model's input tensor
   tokenize = load_tokenizer("exported/clip")       # open_clip SimpleTokenizer (CLIP BPE runs)
 """
 import argparse
@@ -76,6 +77,20 @@ def export_run(config, flat: dict, part: str = "auto") -> dict:
                    f"{exportable('encoder') + exportable('two_tower')}.")
 
 
+def preprocessing(config) -> dict:
+  """How the exported model's inputs were prepared in evaluation, for a PyTorch user: the
+  short side resized to data.image_size (bilinear, antialiased), the centre crop of
+  augment.crop_size, pixels / 255, then (x - mean) / std per channel."""
+  size, resize = config.augment.crop_size, config.data.image_size
+  mean, std = [float(m) for m in config.data.mean], [float(s) for s in config.data.std]
+  return {"input_size": size, "resize_short_side": resize, "crop": "center",
+          "interpolation": "bilinear", "antialias": True, "scale": 1 / 255, "mean": mean,
+          "std": std, "torchvision": (
+              f"Compose([Resize({resize}, interpolation=InterpolationMode.BILINEAR, "
+              f"antialias=True), CenterCrop({size}), ToTensor(), Normalize(mean={mean}, "
+              f"std={std})])")}
+
+
 def export_tokenizer(tok_cfg, out_dir: str) -> dict:
   """How to tokenize for an exported two-tower: the run's tokenizer config and, for CLIP's
   BPE, its merges file copied into `out_dir` with open_clip's SimpleTokenizer, which gives the
@@ -118,7 +133,7 @@ def main(argv=None):
   from safetensors.numpy import save_file
   os.makedirs(args.out, exist_ok=True)
   manifest = {"source": os.path.abspath(args.workdir), "step": args.step or "latest",
-              "method": config.method, "files": {}}
+              "method": config.method, "preprocessing": preprocessing(config), "files": {}}
   for stem, (state_dict, info) in files.items():
     arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
     save_file(arrays, os.path.join(args.out, f"{stem}.safetensors"),
@@ -176,6 +191,18 @@ def load_torch(out_dir: str, stem: str = "model"):
   model = build_torch_model(info)
   model.load_state_dict(load_file(os.path.join(out_dir, f"{stem}.safetensors")), strict=True)
   return model.eval()
+
+
+def load_transform(out_dir: str):
+  """The torchvision transform of an export's "preprocessing": PIL image -> input tensor."""
+  from torchvision import transforms
+  with open(os.path.join(out_dir, "export.json")) as f:
+    pre = json.load(f)["preprocessing"]
+  return transforms.Compose([
+      transforms.Resize(pre["resize_short_side"], antialias=pre["antialias"],
+                        interpolation=transforms.InterpolationMode(pre["interpolation"])),
+      transforms.CenterCrop(pre["input_size"]), transforms.ToTensor(),
+      transforms.Normalize(pre["mean"], pre["std"])])
 
 
 def load_tokenizer(out_dir: str):
