@@ -37,13 +37,16 @@ setuptools.setup(
         "text": ["sentencepiece", "regex", "ftfy"],
         # Loading exports (tools/export_pytorch.py) into the PyTorch libraries; the peers' benchmarks.
         "torch": ["torch>=2.4", "torchvision>=0.19", "timm>=1.0", "open_clip_torch>=2.24"],
+        # Weights & Biases logging (config.wandb), off unless enabled.
+        "wandb": ["wandb"],
         # Ahead-of-time compilation for TPU topologies on any host (tools/aot_compile.py).
         "tpu": ["jax[tpu]"],
         # pytest-xdist: the suite is compile-bound; two workers cut CI's 2-core wall time ~30%.
         # scikit-image: its bundled sample photos are the tests' real images. jax[tpu]: libtpu,
-        # with which tests compile recipes for TPU slices (no TPU needed).
+        # with which tests compile recipes for TPU slices (no TPU needed). wandb: its offline
+        # mode is tested.
         "test": ["pytest>=8", "pytest-xdist>=3", "scikit-image", "sentencepiece", "regex", "ftfy",
                  "torch>=2.4", "torchvision>=0.19", "timm>=1.0", "open_clip_torch>=2.24",
-                 "jax[tpu]"],
+                 "jax[tpu]", "wandb"],
     },
 )

@@ -6,6 +6,7 @@ imports TensorFlow.
 import json
 import os
 import time
+import uuid
 
 from absl import logging
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 from clu import metrics as clu_metrics
 import tensorboardX
 
-from big_contrast import run_config
+from big_contrast import settings
 
 # The share of step time waiting for input above which the run warns.
 INPUT_BOUND = 0.25
@@ -26,8 +27,16 @@ def average(history: list[dict]) -> dict:
       np.asarray([h[k] for h in history], np.float32)).compute()) for k in history[0]}
 
 
+# `config.wandb`: also log to Weights & Biases (off unless enabled). mode "offline" writes the
+# run under WORKDIR/wandb for a later `wandb sync`; "online" needs `wandb login`. The run id is
+# kept in WORKDIR/wandb_id, so a resumed run continues the same W&B run.
+WANDB = dict(enabled=settings.boolean(False), project="big_contrast", entity="", name="",
+             mode=settings.choice("offline", ("offline", "online")), tags=())
+
+
 def hparams(config) -> dict:
   """The config as TensorBoard hparams: {"optimizer.lr": 0.001, "mesh": "(('data', -1),)"}."""
+  from big_contrast import run_config  # run_config reads this module's settings.
   return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
           for k, v in run_config.flatten(config).items()}
 
@@ -36,9 +45,10 @@ class MetricLogger:
   """Writes each logged step to stdout, `metrics.jsonl` and TensorBoard (process 0 only)."""
 
   def __init__(self, workdir: str, total_steps: int, resume_step: int | None = 0,
-               start_time=None):
+               start_time=None, config=None):
     """`resume_step`: the step the run starts from (rows logged past it are dropped); None
-    appends to what is there and drops nothing (an evaluation beside a training run)."""
+    appends to what is there and drops nothing (an evaluation beside a training run).
+    `config`: the run's, for Weights & Biases (`config.wandb`)."""
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
@@ -57,6 +67,9 @@ class MetricLogger:
       # On resume, TensorBoard hides the events the dead run wrote past the restored step.
       self._tb = tensorboardX.SummaryWriter(self.tb_dir,
                                             purge_step=resume_step + 1 if resume_step else None)
+    self._wandb = None
+    if self.active and config is not None and config.get("wandb", {}).get("enabled"):
+      self._wandb = _wandb_run(workdir, config, evaluation=resume_step is None)
     self._t0 = self._tick = time.time()
     self._tick_step = None
     self._data_wait = 0.0
@@ -97,6 +110,8 @@ class MetricLogger:
       return
     self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
     self._jsonl.flush()
+    if self._wandb is not None:
+      self._wandb.log(values, step=step)
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
     self._tb.flush()
@@ -154,3 +169,27 @@ class MetricLogger:
     if self.active:
       self._jsonl.close()
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def _wandb_run(workdir: str, config, evaluation: bool):
+  """The W&B run of `workdir` (resumed by its id), or, for an evaluation made outside the
+  training loop, a run of its own in the training run's group (W&B takes steps in order)."""
+  import wandb
+  cfg = config.wandb
+  id_path = os.path.join(workdir, "wandb_id")
+  if os.path.exists(id_path):
+    with open(id_path) as f:
+      run_id = f.read().strip()
+  else:
+    run_id = uuid.uuid4().hex[:12]
+    if not evaluation:
+      with open(id_path, "w") as f:
+        f.write(run_id)
+  name = cfg.name or os.path.basename(os.path.normpath(workdir))
+  kw = (dict(group=run_id, job_type="evaluate", name=f"{name} evaluation") if evaluation else
+        dict(id=run_id, resume="allow", name=name))
+  return wandb.init(project=cfg.project, entity=cfg.entity or None, mode=cfg.mode,
+                    dir=workdir, config=hparams(config), tags=list(cfg.tags),
+                    settings=wandb.Settings(silent=True, console="off"), **kw)

@@ -16,6 +16,7 @@ import ml_collections
 from big_contrast import checkpoint
 from big_contrast import evaluate
 from big_contrast import init_from
+from big_contrast import metrics
 from big_contrast import methods
 from big_contrast import models
 from big_contrast import optim
@@ -49,13 +50,14 @@ RUN_SETTINGS = dict(
     optimizer=optim.SETTINGS,
     checkpoint=checkpoint.SETTINGS,
     init_from=init_from.SETTINGS,
+    wandb=metrics.WANDB,
 )
 
 # What may change when a run resumes: how long it runs and how it is observed, laid out or
 # fed, and where its data is mounted. Anything else changes what the checkpointed state means.
 RESUMABLE = ("total_steps", "num_epochs", "log_every_steps", "eval", "checkpoint", "mesh",
              "sharding", "micro_batches", "data.num_workers", "data.data_dir", "data.path",
-             "init_from", "nonfinite", "nonfinite_max_fraction")
+             "init_from", "nonfinite", "nonfinite_max_fraction", "wandb")
 
 
 def declared(method: str) -> dict:

@@ -222,7 +222,8 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
   step = int(ts["step"])
 
   # Rows past the restored step belong to a run that died before its next checkpoint.
-  logger = metrics.MetricLogger(workdir, total_steps, resume_step=step, start_time=start_time)
+  logger = metrics.MetricLogger(workdir, total_steps, resume_step=step, start_time=start_time,
+                                config=config)
   first_step = step
   evaluate_now = lambda: run.evaluate(ts)
   n_params = sum(x.size for x in jax.tree.leaves(run.abstract["params"]))

@@ -110,3 +110,42 @@ def test_a_host_without_tpu_chips_does_not_load_libtpu():
                        text=True, timeout=120)
   assert out.returncode == 0 and out.stdout.strip() == "cpu", out.stderr
   assert "TPU" not in out.stderr and "tpu" not in out.stderr, out.stderr
+
+
+def _wandb_history(workdir):
+  """{step: logged values} of every offline W&B run file in `workdir` (its LevelDB-style log:
+  a 7-byte file header, 32 KiB blocks of records with a 7-byte header each)."""
+  import glob
+  import struct
+  from wandb.proto import wandb_internal_pb2
+  rows, ids = {}, set()
+  for path in glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "run-*.wandb")):
+    ids.add(os.path.basename(path)[4:-6])
+    data, pos, buf = open(path, "rb").read(), 7, b""
+    while pos + 7 <= len(data):
+      if 32768 - pos % 32768 < 7:  # A block's tail too short for a header is padding.
+        pos += 32768 - pos % 32768
+        continue
+      length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+      buf, pos = buf + data[pos + 7:pos + 7 + length], pos + 7 + length
+      if kind in (1, 4):  # A whole record, or the last piece of one.
+        record = wandb_internal_pb2.Record.FromString(buf)
+        buf = b""
+        if record.WhichOneof("record_type") == "history":
+          items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                   for i in record.history.item}
+          if "_step" in items:
+            rows.setdefault(items.pop("_step"), {}).update(items)
+  return rows, ids
+
+
+def test_weights_and_biases_offline_logs_the_run_and_continues_it_on_resume(tmp_path):
+  c = tiny_config(total_steps=2, mesh=[("data", 1)],
+                  **{"eval.evaluators": ("knn",), "wandb.enabled": True})
+  first = train.train_and_evaluate(c, str(tmp_path))
+  c.total_steps = 3
+  train.train_and_evaluate(c, str(tmp_path))
+  rows, ids = _wandb_history(str(tmp_path))
+  assert ids == {(tmp_path / "wandb_id").read_text()}  # Both sessions: one W&B run.
+  assert sorted(rows) == [1, 2, 3] and all("loss" in rows[s] for s in rows)
+  assert rows[2]["eval/knn_top1"] == first["final"]["eval/knn_top1"]

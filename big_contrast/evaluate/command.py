@@ -62,7 +62,7 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
                 seconds=time.time() - started, time=time.strftime("%Y-%m-%d %H:%M:%S"))
   if jax.process_index() == 0:
     result["file"] = _record(workdir, step, result, config)
-  logger = metrics.MetricLogger(workdir, total_steps=0, resume_step=None)
+  logger = metrics.MetricLogger(workdir, total_steps=0, resume_step=None, config=config)
   logger.evaluation(step, values, config)
   logger.close()
   return result
