@@ -1,4 +1,7 @@
-"""k-NN, linear probe and sharded feature extraction."""
+"""Evaluators (k-NN, linear probe, linear evaluation, fine-tuning, zero-shot), the sharded bank,
+and `python -m big_contrast.evaluate`."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -271,3 +274,38 @@ def test_zero_shot_on_a_separate_labelled_folder_equals_the_runs_own_split(tmp_p
   c.eval.zero_shot.templates = ("a photo of a {}", "no slot")
   with pytest.raises(ValueError, match="must each hold one"):
     run_lib.setup(c)
+
+
+def test_evaluate_command_scores_torchvision_weights_as_torchvision_computes(tmp_path):
+  """A workdir without checkpoints and config.init_from.torch: the command evaluates the
+  imported model; its k-NN equals the k-NN of torchvision's own features."""
+  import safetensors.torch
+  import torch
+  import torchvision
+  from big_contrast.evaluate import command
+  torch.manual_seed(0)
+  model = torchvision.models.resnet18().eval()
+  safetensors.torch.save_file(model.state_dict(), str(tmp_path / "r18.safetensors"))
+  c = tiny_config(mesh=[("data", 1)], **{
+      "model.width": 64, "model.depth": 18, "model.stem": "imagenet",
+      "eval.evaluators": ("knn",), "init_from.torch.path": str(tmp_path / "r18.safetensors"),
+      "init_from.torch.library": "torchvision",
+      "init_from.rules": (("params/backbone/(.*)", r"params/\1"),
+                          ("state/model/batch_stats/backbone/(.*)",
+                           r"state/model/batch_stats/\1"))})
+  out = command.evaluate_workdir(c, str(tmp_path / "eval"))
+  assert out["step"] == 0 and os.path.exists(out["file"])
+
+  from big_contrast import run as run_lib
+  method = run_lib.setup(c).method
+  model.fc = torch.nn.Identity()
+
+  def torch_features(split):
+    source = digits.source(split, image_size=8)
+    images = np.stack([source[i]["image"] for i in range(len(source))])
+    x = torch.from_numpy(np.asarray(method.eval_view(images))).permute(0, 3, 1, 2)
+    with torch.no_grad():
+      return model(x).numpy(), np.array([source[i]["label"] for i in range(len(source))])
+  want = evaluate.knn_accuracy(*torch_features("train"), *torch_features("test"),
+                               num_classes=10, k=c.eval.knn.k, temperature=c.eval.knn.temperature)
+  np.testing.assert_allclose(out["metrics"]["eval/knn_top1"], want, atol=1.5 / 360)

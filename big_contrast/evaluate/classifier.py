@@ -156,7 +156,9 @@ def _hits(x, y, valid, scale, w, b, ks=(1, 5)):
 
 def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,
                      finetune: bool = False):
-  """{"<name>_top1", "<name>_top5"} of a classifier trained on `fraction` of the labels."""
+  """{"<name>_top1", "<name>_top5"} of a classifier trained on `fraction` of the labels;
+  `cfg` is config.eval.finetune or config.eval.linear_eval."""
+  section = "finetune" if finetune else "linear_eval"
   run, config = ctx.run, ctx.config
   method, mesh, ts = run.method, run.mesh, ctx.ts
   source = ctx.train_source
@@ -164,7 +166,7 @@ def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,
     source = Subset(source, balanced_subset(labels_of(source), fraction, cfg.seed))
   batch_size = cfg.batch_size or config.eval.get("batch_size") or config.batch_size
   batch_size = min(batch_size, len(source) - len(source) % sharding.num_batch_shards(mesh))
-  sharding.check_batch_size(batch_size, mesh, f"config.eval.{name.split('_')[0]}.batch_size")
+  sharding.check_batch_size(batch_size, mesh, f"config.eval.{section}.batch_size")
   steps = max(1, int(round(epochs * len(source) / batch_size)))
   tx, lr_fn = optim.make(cfg.optimizer, batch_size, steps,
                          int(round(cfg.optimizer.warmup_epochs * len(source) / batch_size)))

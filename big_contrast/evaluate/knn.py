@@ -10,6 +10,7 @@ from big_contrast import settings
 from big_contrast import sharding
 from big_contrast.evaluate import base
 from big_contrast.evaluate import features
+from big_contrast.numerics import HIGHEST
 from big_contrast.numerics import l2_normalize
 
 
@@ -28,7 +29,12 @@ def _neighbours(mesh, k):
   def local(bank_x, bank_y, bank_valid, queries):
     def scan(carry, rows):
       x, y, valid = rows
-      sims = jnp.where(valid[None], queries @ l2_normalize(x).T, -jnp.inf)
+      # In the bank's dtype with float32 accumulation: no float32 copy of a bf16 bank.
+      dot = lambda a, b, spec: jnp.einsum(spec, a, b, preferred_element_type=jnp.float32,
+                                          precision=HIGHEST)
+      inv_norm = jax.lax.rsqrt(jnp.maximum(dot(x, x, "bd,bd->b"), 1e-12))
+      sims = jnp.where(valid[None], dot(queries.astype(x.dtype), x, "qd,bd->qb") * inv_norm,
+                       -jnp.inf)
       return _merge_top_k(jnp.concatenate([carry[0], sims], 1),
                           jnp.concatenate([carry[1], jnp.broadcast_to(y, sims.shape)], 1),
                           k), None
