@@ -232,6 +232,9 @@ class Checkpointer:
           f"(e.g. {', '.join(bad[:3])}): its files changed on disk")
 
   def _quarantine(self, step: int, error: Exception):
+    if self.corrupt_directory is None:  # A reader moves nothing.
+      raise CorruptCheckpoint(f"Checkpoint {step} in {self.directory} cannot be restored: "
+                              f"{error}") from error
     moved = os.path.join(self.corrupt_directory, f"{step}-{time.time_ns()}")
     logging.error("Checkpoint %d in %s cannot be restored (%s: %s); moving it to %s and "
                   "resuming from the previous one.", step, self.directory,

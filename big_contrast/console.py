@@ -29,14 +29,14 @@ def _shown(record) -> bool:
 def skip_absent_tpu(env=os.environ):
   """On a host without TPU chips, keeps jax from loading libtpu (installed by jax[tpu] for
   compiling ahead of time) and printing its failed search for chips. JAX_PLATFORMS, when
-  set, decides instead; hosts with an NVIDIA GPU are left to jax's own choice."""
+  set, decides instead; hosts with an NVIDIA or AMD GPU are left to jax's own choice."""
   if env.get("JAX_PLATFORMS") is not None:
     return
   import jax
   try:
     from jax._src import hardware_utils  # jax's own probe, which reads no device.
     if (hardware_utils.num_available_tpu_chips_and_device_id()[0] or
-        hardware_utils.has_visible_nvidia_gpu()):
+        hardware_utils.has_visible_nvidia_gpu() or hardware_utils.num_available_amd_gpus()):
       return
   except (ImportError, AttributeError, OSError):  # Another jax: leave the choice to it.
     return

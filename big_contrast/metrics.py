@@ -111,7 +111,7 @@ class MetricLogger:
     self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
     self._jsonl.flush()
     if self._wandb is not None:
-      self._wandb.log(values, step=step)
+      self._wandb.log({"step": step, **values})
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
     self._tb.flush()
@@ -175,7 +175,9 @@ class MetricLogger:
 
 def _wandb_run(workdir: str, config, evaluation: bool):
   """The W&B run of `workdir` (resumed by its id), or, for an evaluation made outside the
-  training loop, a run of its own in the training run's group (W&B takes steps in order)."""
+  training loop, a run of its own in the training run's group. Rows are plotted against their
+  "step" field: W&B's own step only grows, and a resumed run logs steps again from its
+  checkpoint (the dead session's rows past it stay in W&B, as logged)."""
   import wandb
   cfg = config.wandb
   id_path = os.path.join(workdir, "wandb_id")
@@ -188,8 +190,11 @@ def _wandb_run(workdir: str, config, evaluation: bool):
       with open(id_path, "w") as f:
         f.write(run_id)
   name = cfg.name or os.path.basename(os.path.normpath(workdir))
-  kw = (dict(group=run_id, job_type="evaluate", name=f"{name} evaluation") if evaluation else
-        dict(id=run_id, resume="allow", name=name))
-  return wandb.init(project=cfg.project, entity=cfg.entity or None, mode=cfg.mode,
-                    dir=workdir, config=hparams(config), tags=list(cfg.tags),
-                    settings=wandb.Settings(silent=True, console="off"), **kw)
+  kw = (dict(job_type="evaluate", name=f"{name} evaluation") if evaluation else
+        dict(id=run_id, resume="allow", job_type="train", name=name))
+  run = wandb.init(project=cfg.project, entity=cfg.entity or None, mode=cfg.mode, dir=workdir,
+                   group=run_id, config=hparams(config), tags=list(cfg.tags),
+                   settings=wandb.Settings(silent=True, console="off"), **kw)
+  run.define_metric("step")
+  run.define_metric("*", step_metric="step")
+  return run

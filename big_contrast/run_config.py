@@ -220,7 +220,8 @@ def _tuples(value):
 
 
 def read_saved(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in WORKDIR/config.json, as its recipe built it."""
+  """The config a run saved in WORKDIR/config.json, as its recipe built it; keys declared
+  since it was written (new evaluators' sections) get their defaults."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"{path} does not exist: --workdir must be a training run's workdir "
@@ -231,4 +232,13 @@ def read_saved(workdir: str) -> ml_collections.ConfigDict:
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} is not valid JSON ({e}); give --config=RECIPE with the "
                        "run's settings instead.") from None
-  return ml_collections.ConfigDict(_tuples(saved))
+  saved = _tuples(saved)
+  if saved.get("method") in methods.METHODS.names():  # Keys added since: their defaults.
+    saved = _over(defaults(saved["method"]).to_dict(), saved)
+  return ml_collections.ConfigDict(saved)
+
+
+def _over(base: dict, top: dict) -> dict:
+  """`top` laid over `base`, section by section."""
+  return {**base, **{k: _over(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict)
+                     else v for k, v in top.items()}}

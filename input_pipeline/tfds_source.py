@@ -27,8 +27,9 @@ class TfdsSource:
     # (and, offline, hanging on) a download.
     self._records = tfds.data_source(
         name, split=split, data_dir=data_dir, download=False)
-    self.num_classes = (
-        self._records.dataset_info.features["label"].num_classes)
+    label = self._records.dataset_info.features["label"]
+    self.num_classes = label.num_classes
+    self.class_names = tuple(label.names)
     self.image_size = image_size
 
   def __len__(self) -> int:

@@ -56,7 +56,7 @@ def test_extract_on_8_devices_keeps_order_and_drops_padding():
   want = np.stack([source[i]["image"].mean((0, 1)) for i in range(len(source))])
   for n in (1, 8):
     mesh = sharding.make_mesh([("data", n)])
-    feats, labels = evaluate.extract(mean_pixel, source, mesh, batch_size=64)
+    feats, labels = evaluate.features.bank(mean_pixel, source, mesh, batch_size=64).gather()
     np.testing.assert_allclose(feats, want, rtol=1e-6)
     np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(len(source))])
 
@@ -309,3 +309,35 @@ def test_evaluate_command_scores_torchvision_weights_as_torchvision_computes(tmp
   want = evaluate.knn_accuracy(*torch_features("train"), *torch_features("test"),
                                num_classes=10, k=c.eval.knn.k, temperature=c.eval.knn.temperature)
   np.testing.assert_allclose(out["metrics"]["eval/knn_top1"], want, atol=1.5 / 360)
+
+
+def test_classifiers_train_on_an_image_text_run(tmp_path):
+  """Captions stay on the host: linear_eval and finetune read an image-text source's images."""
+  c = tiny_config("clip_digits", total_steps=1, mesh=[("data", 8)], **{"eval.evaluators": ()})
+  ts = train.train_and_evaluate(c, str(tmp_path))["train_state"]
+  c.eval.update(evaluators=("linear_eval", "finetune"), batch_size=64)
+  c.eval.linear_eval.epochs = 0.5
+  c.eval.finetune.update(label_fractions=(0.1,), epochs=(1.0,))
+  from big_contrast import run as run_lib
+  got = run_lib.setup(c).evaluate(ts)
+  assert set(got) == {f"eval/{n}_top{k}" for n in ("linear_eval", "finetune_10pct")
+                      for k in (1, 5)}
+  c.eval.finetune.epochs = (1.0, 2.0)
+  with pytest.raises(ValueError, match="one number of epochs per label fraction"):
+    run_lib.setup(c)
+  c.eval.finetune.epochs = (1.0,)
+  c.eval.linear_eval.batch_size = 12
+  with pytest.raises(ValueError, match="config.eval.linear_eval.batch_size=12"):
+    run_lib.setup(c)
+
+
+def test_a_saved_config_gets_the_defaults_of_keys_added_since(tmp_path):
+  import json
+  from big_contrast import run_config
+  c = tiny_config()
+  saved = json.loads(c.to_json_best_effort())
+  del saved["eval"]["linear_eval"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = run_config.read_saved(str(tmp_path))
+  assert config.eval.linear_eval.epochs == 90.0 and config.mesh == c.mesh
+  assert config.eval.knn.k == c.eval.knn.k and config.batch_size == c.batch_size

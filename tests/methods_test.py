@@ -43,11 +43,11 @@ def test_every_digits_recipe_trains_a_few_steps(recipe, tmp_path):
       str(tmp_path))
   assert results["step"] == 2
   c = tiny_config(recipe)
-  want = {"knn": {"knn_top1"}, "linear_probe": {"linear_probe_top1"},
+  want = {"knn": {"knn_top1", "knn_top5"}, "linear_probe": {"linear_probe_top1"},
           "zero_shot": {"zero_shot_top1", "zero_shot_top5"},
           "retrieval": {f"{d}_r@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}}
   assert set(results["final"]) == {f"eval/{m}" for e in c.eval.evaluators for m in want[e]}
-  for name in ("knn_top1", "linear_probe_top1", "zero_shot_top1"):
+  for name in ("knn_top1", "knn_top5", "linear_probe_top1", "zero_shot_top1"):
     if f"eval/{name}" in results["final"]:
       assert_fraction_of_test_split(results["final"][f"eval/{name}"])
   rows = [json.loads(line) for line in open(results["metrics_file"])]

@@ -113,7 +113,7 @@ def test_a_host_without_tpu_chips_does_not_load_libtpu():
 
 
 def _wandb_history(workdir):
-  """{step: logged values} of every offline W&B run file in `workdir` (its LevelDB-style log:
+  """{"step" field: logged values} of every offline W&B run file in `workdir` (its LevelDB-style log:
   a 7-byte file header, 32 KiB blocks of records with a 7-byte header each)."""
   import glob
   import struct
@@ -134,8 +134,8 @@ def _wandb_history(workdir):
         if record.WhichOneof("record_type") == "history":
           items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
                    for i in record.history.item}
-          if "_step" in items:
-            rows.setdefault(items.pop("_step"), {}).update(items)
+          if "step" in items:
+            rows.setdefault(items.pop("step"), {}).update(items)
   return rows, ids
 
 

@@ -83,12 +83,15 @@ def preprocessing(config) -> dict:
   augment.crop_size, pixels / 255, then (x - mean) / std per channel."""
   size, resize = config.augment.crop_size, config.data.image_size
   mean, std = [float(m) for m in config.data.mean], [float(s) for s in config.data.std]
+  # An evaluation image smaller than the crop is resized up to it (Method.eval_view).
+  upsample = f", Resize({size}, interpolation=InterpolationMode.BILINEAR)" if resize < size else ""
   return {"input_size": size, "resize_short_side": resize, "crop": "center",
+          "crop_size": min(size, resize), "upsample_to": size if resize < size else None,
           "interpolation": "bilinear", "antialias": True, "scale": 1 / 255, "mean": mean,
           "std": std, "torchvision": (
               f"Compose([Resize({resize}, interpolation=InterpolationMode.BILINEAR, "
-              f"antialias=True), CenterCrop({size}), ToTensor(), Normalize(mean={mean}, "
-              f"std={std})])")}
+              f"antialias=True), CenterCrop({min(size, resize)}){upsample}, ToTensor(), "
+              f"Normalize(mean={mean}, std={std})])")}
 
 
 def export_tokenizer(tok_cfg, out_dir: str) -> dict:
@@ -198,11 +201,13 @@ def load_transform(out_dir: str):
   from torchvision import transforms
   with open(os.path.join(out_dir, "export.json")) as f:
     pre = json.load(f)["preprocessing"]
-  return transforms.Compose([
-      transforms.Resize(pre["resize_short_side"], antialias=pre["antialias"],
-                        interpolation=transforms.InterpolationMode(pre["interpolation"])),
-      transforms.CenterCrop(pre["input_size"]), transforms.ToTensor(),
-      transforms.Normalize(pre["mean"], pre["std"])])
+  mode = transforms.InterpolationMode(pre["interpolation"])
+  steps = [transforms.Resize(pre["resize_short_side"], antialias=pre["antialias"],
+                             interpolation=mode), transforms.CenterCrop(pre["crop_size"])]
+  if pre.get("upsample_to"):
+    steps.append(transforms.Resize(pre["upsample_to"], interpolation=mode))
+  return transforms.Compose([*steps, transforms.ToTensor(),
+                             transforms.Normalize(pre["mean"], pre["std"])])
 
 
 def load_tokenizer(out_dir: str):

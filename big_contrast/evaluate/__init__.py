@@ -9,7 +9,6 @@ from big_contrast.evaluate.base import eval_settings
 from big_contrast.evaluate.base import evaluate
 from big_contrast.evaluate.features import Bank
 from big_contrast.evaluate.features import bank_sharding
-from big_contrast.evaluate.features import extract
 from big_contrast.evaluate.knn import knn_bank_accuracy
 from big_contrast.evaluate.image_text import PromptSource
 from big_contrast.evaluate.image_text import retrieval_recall

@@ -12,7 +12,9 @@ host's resize of data.image_size, then a centre crop of augment.crop_size: 256 -
 ImageNet). The backbone runs as `Method.features` does, in inference mode: BatchNorm uses and
 keeps its running statistics, also while fine-tuning.
 """
+import concurrent.futures
 import functools
+import time
 
 from absl import logging
 import jax
@@ -70,12 +72,20 @@ FINETUNE = dict(label_fractions=settings.Setting((0.01, 0.1), _fractions),
 
 
 def labels_of(source) -> np.ndarray:
-  """The label of every example, read without decoding images where the source allows."""
+  """The label of every example: listed by the source (digits, an ImageFolder), else read
+  record by record, in parallel, without decoding images where the source allows (prepared
+  records); a tfds source decodes each image."""
   for holder in (source, getattr(source, "reader", None)):
     if getattr(holder, "labels", None) is not None:
       return np.asarray(holder.labels)
   reader = getattr(source, "reader", source)  # Encoded records: the label, not the image.
-  return np.asarray([reader[i]["label"] for i in range(len(reader))])
+  started = time.time()
+  with concurrent.futures.ThreadPoolExecutor(32) as pool:  # Reads wait on storage.
+    labels = np.fromiter(pool.map(lambda i: int(reader[i]["label"]), range(len(reader))),
+                         np.int64, len(reader))
+  logging.info("Read the %d training labels in %.0f s (for the label subsets).", len(labels),
+               time.time() - started)
+  return labels
 
 
 def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -90,20 +100,27 @@ def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
   return np.sort(np.concatenate(chosen))
 
 
-class Subset:
-  """Examples `indices` of `source`, with its host cropping (train_views) if it has one."""
+class Labelled:
+  """The images and labels of examples `indices` (default all) of `source`, with its host
+  cropping (train_views) if it has one; captions are left out (they do not batch)."""
+  KEYS = ("image", "views", "label")
 
-  def __init__(self, source, indices):
-    self.source, self.indices = source, np.asarray(indices)
+  def __init__(self, source, indices=None):
+    self.source = source
+    self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
     self.class_names = getattr(source, "class_names", ())
     if hasattr(source, "train_views"):
-      self.train_views = lambda specs, i, rng: source.train_views(specs, self.indices[i], rng)
+      self.train_views = lambda specs, i, rng: self._keep(
+          source.train_views(specs, self.indices[i], rng))
+
+  def _keep(self, example):
+    return {k: v for k, v in example.items() if k in self.KEYS}
 
   def __len__(self):
     return len(self.indices)
 
   def __getitem__(self, i):
-    return self.source[int(self.indices[i])]
+    return self._keep(self.source[int(self.indices[i])])
 
 
 def _views(batch, rng, crop_size, cfg):
@@ -136,16 +153,6 @@ def _step(method, tx, crop_size, cfg, finetune, frozen_params, state, scale, tra
   return optax.apply_updates(trained, updates), opt_state, loss
 
 
-@jax.jit
-def _standard_scale(bank_x, valid):
-  """(mean, std) [D] of the valid rows of a bank [K, B, D]."""
-  w = valid[..., None].astype(jnp.float32)
-  x = bank_x.astype(jnp.float32)
-  mean = (x * w).sum((0, 1)) / w.sum()
-  # BatchNorm's epsilon: a feature constant over the split (a dead unit) is not blown up.
-  return mean, jnp.sqrt((jnp.square(x - mean) * w).sum((0, 1)) / w.sum() + 1e-5)
-
-
 @functools.partial(jax.jit, static_argnames=("ks",))
 def _hits(x, y, valid, scale, w, b, ks=(1, 5)):
   logits = (x.astype(jnp.float32) - scale[0]) / scale[1] @ w + b
@@ -162,8 +169,8 @@ def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,
   run, config = ctx.run, ctx.config
   method, mesh, ts = run.method, run.mesh, ctx.ts
   source = ctx.train_source
-  if fraction < 1.0:
-    source = Subset(source, balanced_subset(labels_of(source), fraction, cfg.seed))
+  source = Labelled(source, balanced_subset(labels_of(source), fraction, cfg.seed)
+                    if fraction < 1.0 else None)
   batch_size = cfg.batch_size or config.eval.get("batch_size") or config.batch_size
   batch_size = min(batch_size, len(source) - len(source) % sharding.num_batch_shards(mesh))
   sharding.check_batch_size(batch_size, mesh, f"config.eval.{section}.batch_size")
@@ -184,7 +191,7 @@ def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,
       **({"backbone": run.state_sharding["params"]} if finetune else {})})(
           {"head": head, **({"backbone": ts["params"]} if finetune else {})})
   opt_state = jax.jit(tx.init)(trained)
-  scale = (_standard_scale(ctx.features("train").x, ctx.features("train").valid)
+  scale = (jax.jit(features.standard_scale)(ctx.features("train").x, ctx.features("train").valid)
            if cfg.get("standardize") else (jnp.zeros(dim), jnp.ones(dim)))
   step = jax.jit(functools.partial(_step, method, tx, crop, cfg, finetune),
                  donate_argnums=(3, 4))
@@ -206,7 +213,8 @@ def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,
   getattr(iterator, "close", lambda: None)()
   if finetune:  # The test split through the fine-tuned backbone.
     fn = run.encoder("features")
-    test = features.bank(lambda x: fn(trained["backbone"], ts["state"], x), ctx.test_source,
+    test = features.bank(lambda x: fn(trained["backbone"], ts["state"], x),
+                         Labelled(ctx.test_source),
                          mesh, config.eval.get("batch_size") or config.batch_size)
   else:
     test = ctx.features("test")
@@ -214,21 +222,29 @@ def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,
   return {f"{name}_top{k}": float(v) / len(test) for k, v in hits.items()}
 
 
-@base.evaluator("linear_eval", settings=LINEAR_EVAL, check=base.needs_labels)
+def _check(section):
+  """The check of evaluator `section`: labels, and a batch the mesh can split."""
+  def check(run):
+    cfg = run.config.eval[section]
+    if cfg.batch_size:
+      try:
+        sharding.check_batch_size(cfg.batch_size, run.mesh, f"config.eval.{section}.batch_size")
+      except ValueError as e:
+        return str(e)
+    if section == "finetune" and len(cfg.epochs) != len(cfg.label_fractions):
+      return (f"config.eval.finetune.epochs={tuple(cfg.epochs)} must give one number of "
+              f"epochs per label fraction {tuple(cfg.label_fractions)}.")
+    return base.needs_labels(run)
+  return check
+
+
+@base.evaluator("linear_eval", settings=LINEAR_EVAL, check=_check("linear_eval"))
 def linear_eval(ctx, cfg):
   """Linear evaluation: a linear classifier on the frozen backbone over augmented views."""
   return train_classifier(ctx, cfg, "linear_eval", cfg.epochs)
 
 
-def _check_finetune(run):
-  cfg = run.config.eval.finetune
-  if len(cfg.epochs) != len(cfg.label_fractions):
-    return (f"config.eval.finetune.epochs={tuple(cfg.epochs)} must give one number of epochs "
-            f"per label fraction {tuple(cfg.label_fractions)}.")
-  return base.needs_labels(run)
-
-
-@base.evaluator("finetune", settings=FINETUNE, check=_check_finetune)
+@base.evaluator("finetune", settings=FINETUNE, check=_check("finetune"))
 def finetune(ctx, cfg):
   """Fine-tuning of the whole backbone on each label fraction: finetune_<pct>pct_top1/5."""
   out = {}

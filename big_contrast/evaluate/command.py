@@ -22,6 +22,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 from ml_collections import config_flags
 
 from big_contrast import checkpoint
@@ -32,10 +34,6 @@ from big_contrast import metrics
 from big_contrast import run as run_lib
 from big_contrast import run_config
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (results go there too).")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint step (default: the latest).")
-_EVALUATORS = flags.DEFINE_list("evaluators", None,
-                                "Evaluators to run (default: the config's eval.evaluators).")
 
 
 def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
@@ -46,8 +44,11 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
   reader = checkpoint.Checkpointer.reader(workdir) if os.path.isdir(
       os.path.join(workdir, "checkpoints")) else None
   steps = reader.all_steps() if reader else []
+  if steps and step is None:
+    step = steps[-1]
+    if jax.process_count() > 1:  # A save in progress may show to some processes only.
+      step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
   if steps:
-    step = steps[-1] if step is None else step
     ts = reader.restore(step, checkpoint.abstract_like(run.abstract, run.state_sharding))
     logging.info("Evaluating checkpoint %d of %s.", step, reader.directory)
   elif init_from.requested(config.get("init_from")) and not step:
@@ -112,12 +113,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   console.setup()
   cli.init_distributed()
-  config = _CONFIG.value
-  if _EVALUATORS.value is not None:
+  config = _FLAGS["config"].value
+  if _FLAGS["evaluators"].value is not None:
     config.unlock()
-    config.eval.evaluators = tuple(_EVALUATORS.value)
+    config.eval.evaluators = tuple(_FLAGS["evaluators"].value)
   try:
-    result = evaluate_workdir(config, _WORKDIR.value, _STEP.value)
+    result = evaluate_workdir(config, _FLAGS["workdir"].value, _FLAGS["step"].value)
   except (*cli.USER_ERRORS, checkpoint.CorruptCheckpoint) as e:
     sys.exit(f"FATAL {type(e).__name__}: {e}")
   if jax.process_index() == 0:
@@ -125,11 +126,17 @@ def main(argv):
     print(f"Step {result['step']}: {shown}\n  results  {result['file']}", flush=True)
 
 
-_CONFIG = None
+_FLAGS = {}
 
 
 def run_main():
-  global _CONFIG
-  _CONFIG = _config_flag(sys.argv)
+  """The command line. Its flags are defined here, not at import: big_contrast.main defines
+  --config and --workdir too, and a process may import both modules."""
+  _FLAGS.update(
+      config=_config_flag(sys.argv),
+      workdir=flags.DEFINE_string("workdir", None, "The run's workdir (results go there too)."),
+      step=flags.DEFINE_integer("step", None, "The checkpoint step (default: the latest)."),
+      evaluators=flags.DEFINE_list("evaluators", None, "Evaluators to run (default: the "
+                                   "config's eval.evaluators)."))
   flags.mark_flags_as_required(["workdir"])
   app.run(main, flags_parser=cli.parse_flags)

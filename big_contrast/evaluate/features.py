@@ -2,7 +2,7 @@
 
 `bank` keeps the features of a split on the devices, streamed batch by batch into one sharded
 buffer: at ImageNet scale (1.28M x 2048 float32, 10 GB) no host ever holds the whole split.
-`extract` gathers a split on every host, for the evaluators of small sets (zero-shot
+`Bank.gather` brings a split to every host, for the evaluators of small sets (zero-shot
 prompts, retrieval).
 """
 import dataclasses
@@ -31,14 +31,28 @@ class Bank:
     return int(self.valid.sum())
 
   def flat(self):
-    """(x [N_padded, D], y, valid): the rows in order, still sharded (no host copy)."""
-    return (self.x.reshape(-1, self.x.shape[-1]), self.y.reshape(-1), self.valid.reshape(-1))
+    """(x [N_padded, D], y, valid), still sharded: each device's rows of every batch made
+    contiguous (batch-major order would need an all-gather). The rows' order is not the
+    split's; use them where order does not matter (a classifier's training set)."""
+    rows = lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:])
+    return rows(self.x), rows(self.y), rows(self.valid)
 
   def gather(self):
-    """(x, y) of the valid rows as numpy arrays on every host: for small splits."""
-    x, y, valid = multihost_utils.process_allgather(self.flat(), tiled=True)
-    valid = np.asarray(valid)
-    return np.asarray(x)[valid], np.asarray(y)[valid]
+    """(x, y) of the valid rows, in the split's order, as numpy arrays on every host: for
+    small splits."""
+    x, y, valid = (np.asarray(a).reshape(-1, *a.shape[2:]) for a in
+                   multihost_utils.process_allgather((self.x, self.y, self.valid), tiled=True))
+    return x[valid], y[valid]
+
+
+def standard_scale(x, valid):
+  """(mean, std) over the valid rows (valid [...] matching x [..., D]'s leading axes), with
+  BatchNorm's epsilon: a feature constant over the split (a dead unit) is not blown up."""
+  w = valid[..., None].astype(jnp.float32)
+  x = x.astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  mean = (x * w).sum(axes) / w.sum()
+  return mean, jnp.sqrt((jnp.square(x - mean) * w).sum(axes) / w.sum() + 1e-5)
 
 
 def bank_sharding(mesh) -> NamedSharding:
@@ -53,20 +67,17 @@ def _put(buffer, i, rows):
 def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> Bank:
   """`features_fn(batch[key])` (jitted, batch-sharded output) over one pass of `source`, in
   order, written batch by batch into a Bank."""
+  if not len(source):
+    raise ValueError("The evaluation split is empty: check config.data (its test_split).")
   num_batches = -(-len(source) // batch_size)
   buffers = None
   for i, local in enumerate(pipeline.eval_batches(source, batch_size, jax.process_index(),
                                                   jax.process_count(), tokenizer)):
-    batch = sharding.global_batch(local, mesh)
+    # Only arrays travel to the devices (an image-text source's captions stay here).
+    batch = sharding.global_batch({k: local[k] for k in (key, "label", "mask")}, mesh)
     rows = (features_fn(batch[key]), batch["label"], batch["mask"])
     if buffers is None:
       buffers = [jax.jit(functools.partial(jnp.zeros, (num_batches, *r.shape), r.dtype),
                          out_shardings=bank_sharding(mesh))() for r in rows]
     buffers = [_put(b, i, r) for b, r in zip(buffers, rows)]
   return Bank(*buffers)
-
-
-def extract(features_fn, source, mesh, batch_size, key="image", tokenizer=None):
-  """(features, labels) of one pass of `source` as numpy arrays holding the whole split, on
-  every process, with the padding of the last batch removed."""
-  return bank(features_fn, source, mesh, batch_size, key, tokenizer).gather()

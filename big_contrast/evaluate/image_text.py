@@ -4,6 +4,7 @@ import importlib.resources
 import json
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 
@@ -100,6 +101,15 @@ def _lists(cfg) -> tuple:
           tuple(cfg.templates) or tuple(preset.get("templates", ())))
 
 
+def _zero_shot_source(run):
+  """The split zero-shot classifies: config.eval.zero_shot.data's, else the run's test split."""
+  cfg = run.config.eval.zero_shot
+  if not cfg.data.name:
+    return run.sources[1]
+  data = ml_collections.ConfigDict({**run.config.data.to_dict(), **cfg.data.to_dict()})
+  return sources.open_split(data, cfg.data.split)
+
+
 def _check_zero_shot(run):
   cfg = run.config.eval.zero_shot
   templates = _lists(cfg)[1]
@@ -110,10 +120,19 @@ def _check_zero_shot(run):
   if not templates:
     return ("zero_shot evaluation needs config.eval.zero_shot.templates (e.g. ('a photo of a "
             f"{{}}.',)), or preset={CLIP_IMAGENET!r} for CLIP's 80 and ImageNet names.")
-  if not (cfg.data.name or getattr(run.sources[1], "class_names", ())):
+  try:
+    classes = tuple(getattr(_zero_shot_source(run), "class_names", ()))
+  except (ValueError, OSError) as e:
+    return f"config.eval.zero_shot.data: {e}"
+  if not classes:
     return ("zero_shot evaluation needs class names: the run's test data has none; set "
             "config.eval.zero_shot.data (a labelled set, e.g. name='prepared', path=IMAGENET) "
             "and class_names or preset.")
+  names = _lists(cfg)[0]
+  if names and len(names) != len(classes):
+    return (f"config.eval.zero_shot gives {len(names)} class names and the zero-shot data has "
+            f"{len(classes)} classes; give one name per class in label order (preset "
+            f"{CLIP_IMAGENET!r}: ImageNet-1k's 1000).")
   return None
 
 
@@ -130,21 +149,13 @@ ZERO_SHOT = dict(preset=settings.choice("", ("", CLIP_IMAGENET)), templates=(), 
 def zero_shot(ctx, cfg):
   """Zero-shot top-1 and top-5 (CLIP's protocol): each class's embedding is the mean of its
   prompts' (class name x every template), and an image takes the most similar class."""
+  source = _zero_shot_source(ctx.run)
   if cfg.data.name:
-    data = ctx.config.data.copy_and_resolve_references()
-    data.update(dict(cfg.data))
-    source = sources.open_split(data, cfg.data.split)
-    images, labels = ctx._once(("zero_shot_images", cfg.data.name, cfg.data.path),
-                               lambda: ctx.extract("encode_images", source, tokenize=False))
+    images, labels = ctx.extract("encode_images", source, tokenize=False)
   else:
-    source = ctx.test_source
     images, labels = ctx.image_embeddings()
   names, templates = _lists(cfg)
   names = names or tuple(source.class_names)
-  if len(names) != len(source.class_names):
-    raise ValueError(f"config.eval.zero_shot gives {len(names)} class names and the zero-shot "
-                     f"data has {len(source.class_names)} classes; give one name per class in "
-                     f"label order (preset {CLIP_IMAGENET!r}: ImageNet-1k's 1000).")
   texts, _ = ctx.text_embeddings(PromptSource(names, templates, ctx.tokenizer))
   classifier = zero_shot_classifier(texts.reshape(len(names), len(templates), -1))
   ks = (1, 5) if len(names) > 5 else (1,)

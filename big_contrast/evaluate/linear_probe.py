@@ -7,6 +7,7 @@ import optax
 
 from big_contrast import settings
 from big_contrast.evaluate import base
+from big_contrast.evaluate import features
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch_size"))
@@ -22,10 +23,7 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, rng, *, num_classes,
   """
   weight = lambda v, x: (jnp.ones(x.shape[0]) if v is None else v.astype(jnp.float32))
   w_train, w_test = weight(train_valid, train_x), weight(test_valid, test_x)
-  train_x, test_x = train_x.astype(jnp.float32), test_x.astype(jnp.float32)
-  count = w_train.sum()
-  mean = (train_x * w_train[:, None]).sum(0) / count
-  std = jnp.sqrt((jnp.square(train_x - mean) * w_train[:, None]).sum(0) / count) + 1e-6
+  mean, std = features.standard_scale(train_x, w_train)
   train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
   n, d = train_x.shape
   batch_size = min(batch_size, n)
