@@ -104,3 +104,22 @@ def test_the_first_step_line_shows_its_time_beside_the_metrics(monkeypatch):
   logger.total_steps = 100
   logger.first_step(1, {"loss": 2.5}, "first step 12.0 s (compilation included)")
   assert lines == ["step 1/100  loss=2.5  first step 12.0 s (compilation included)"]
+
+
+def test_an_evaluation_lands_in_tensorboard_with_the_config_as_hparams(tmp_path):
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(method="simclr", optimizer=dict(lr=0.5),
+                                          mesh=(("data", -1),)))
+  assert metrics.hparams(config) == {"method": "simclr", "optimizer.lr": 0.5,
+                                     "mesh": "(('data', -1),)"}
+  logger = metrics.MetricLogger(str(tmp_path), total_steps=8, resume_step=None)
+  logger.evaluation(4, {"eval/knn_top1": 0.75}, config)
+  logger.close()
+  events = _tb_events(tmp_path / "tensorboard")
+  values = [(e.step, v) for e in events if e.HasField("summary") for v in e.summary.value]
+  assert any(v.tag == "eval/knn_top1" and abs(v.simple_value - 0.75) < 1e-6 and step == 4
+             for step, v in values)
+  plugins = {v.metadata.plugin_data.plugin_name for _, v in values}
+  assert "hparams" in plugins
+  experiment = [v for _, v in values if v.tag == "_hparams_/experiment"]
+  assert experiment and b"optimizer.lr" in experiment[0].metadata.plugin_data.content

@@ -42,9 +42,15 @@ _WORKER = f"MESH = {MESH!r}\nXLA_FLAGS = {xla_flags(4)!r}\n" + textwrap.dedent("
     params = multihost_utils.process_allgather(results["train_state"]["params"], tiled=True)
     flat = {jax.tree_util.keystr(k): np.asarray(v)
             for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    # The checkpoint evaluated afterwards by both processes, as `python -m
+    # big_contrast.evaluate` does: what the training loop evaluated at that step.
+    from big_contrast import run_config
+    from big_contrast.evaluate import command
+    again = command.evaluate_workdir(run_config.read_saved(workdir), workdir)
     if pid == 0:
       np.savez(os.path.join(workdir, "params.npz"), **flat)
       print("KNN", results["final"]["eval/knn_top1"], flush=True)
+      print("AGAIN", again["step"], again["metrics"] == results["final"], flush=True)
 """)
 
 
@@ -97,7 +103,8 @@ def test_two_processes_of_4_devices_match_one_process_of_8(tmp_path):
     np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
   # Evaluation ran across both processes; float reduction order differs between the two
   # layouts, which can flip a near-tied neighbour of this untrained model (1/360 each).
-  knn = float(outs[0][0].split("KNN")[1])
+  assert "AGAIN 4 True" in outs[0][0], outs[0][0]
+  knn = float(outs[0][0].split("KNN")[1].split()[0])
   np.testing.assert_allclose(knn, single["final"]["eval/knn_top1"], atol=0.02)
 
 

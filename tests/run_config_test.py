@@ -38,7 +38,8 @@ def test_defaults_hold_each_methods_own_sections():
   assert "loss" not in sections["clip"] and run_config.defaults("siglip").loss.impl == "full"
   assert set(run_config.defaults("poly_view").loss) == {"temperature", "objective"}
   assert set(run_config.defaults("simclr").eval) == {
-      "every_steps", "at_start", "batch_size", "evaluators", "knn", "linear_probe"}
+      "every_steps", "at_start", "batch_size", "evaluators", "knn", "linear_probe",
+      "linear_eval", "finetune"}
   assert "zero_shot" in run_config.defaults("clip").eval
   assert "predictor_hidden_dims" in run_config.defaults("nnclr").model
   assert "predictor_hidden_dims" not in run_config.defaults("simclr").model

@@ -60,8 +60,10 @@ def bank_sharding(mesh) -> NamedSharding:
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def _put(buffer, i, rows):
-  return jax.lax.dynamic_update_index_in_dim(buffer, rows.astype(buffer.dtype), i, 0)
+def _put(buffers, i, rows):
+  """Batch `i` of each buffer set to `rows` (one compiled program for the three)."""
+  return tuple(jax.lax.dynamic_update_index_in_dim(b, r.astype(b.dtype), i, 0)
+               for b, r in zip(buffers, rows))
 
 
 def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> Bank:
@@ -77,7 +79,8 @@ def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> 
     batch = sharding.global_batch({k: local[k] for k in (key, "label", "mask")}, mesh)
     rows = (features_fn(batch[key]), batch["label"], batch["mask"])
     if buffers is None:
-      buffers = [jax.jit(functools.partial(jnp.zeros, (num_batches, *r.shape), r.dtype),
-                         out_shardings=bank_sharding(mesh))() for r in rows]
-    buffers = [_put(b, i, r) for b, r in zip(buffers, rows)]
+      shapes = tuple(((num_batches, *r.shape), r.dtype) for r in rows)
+      buffers = jax.jit(lambda: tuple(jnp.zeros(*s) for s in shapes),
+                        out_shardings=(bank_sharding(mesh),) * 3)()
+    buffers = _put(buffers, i, rows)
   return Bank(*buffers)
