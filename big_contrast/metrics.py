@@ -3,6 +3,8 @@
 TensorBoard events are written with tensorboardX, since clu.metric_writers
 imports TensorFlow.
 """
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -63,7 +65,8 @@ class MetricLogger:
         self.earlier_time_s = max(self.earlier_time_s, row.get("elapsed_s", 0.0))
         self.init_eval.update({k.replace("eval_init/", "eval/"): v for k, v in row.items()
                                if k.startswith("eval_init/")})
-      self._jsonl = open(self.jsonl_path, "a")
+      # An evaluation beside a training run opens the file for each row (under the lock).
+      self._jsonl = open(self.jsonl_path, "a") if resume_step is not None else None
       # On resume, TensorBoard hides the events the dead run wrote past the restored step.
       self._tb = tensorboardX.SummaryWriter(self.tb_dir,
                                             purge_step=resume_step + 1 if resume_step else None)
@@ -82,7 +85,7 @@ class MetricLogger:
     if not os.path.exists(self.jsonl_path):
       return []
     rows, kept = [], []
-    with open(self.jsonl_path) as f:
+    with self._rows_lock(), open(self.jsonl_path) as f:
       for number, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -96,10 +99,21 @@ class MetricLogger:
         if keep:
           rows.append(line if line.endswith("\n") else line + "\n")
           kept.append(row)
-    with open(self.jsonl_path + ".tmp", "w") as f:
-      f.writelines(rows)
-    os.replace(self.jsonl_path + ".tmp", self.jsonl_path)
+      with open(self.jsonl_path + ".tmp", "w") as out:
+        out.writelines(rows)
+      os.replace(self.jsonl_path + ".tmp", self.jsonl_path)
     return kept
+
+  @contextlib.contextmanager
+  def _rows_lock(self):
+    """Held while the file is rewritten (a resume) and while an evaluation made beside the run
+    appends: an appended row never lands in the file being replaced."""
+    with open(self.jsonl_path + ".lock", "a") as lock:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+      except OSError:  # A filesystem without locks: as before, unguarded.
+        pass
+      yield
 
   def elapsed_s(self) -> float:
     """The run's wall time so far, over every session (as far as the kept rows tell)."""
@@ -108,8 +122,13 @@ class MetricLogger:
   def write(self, step: int, values: dict):
     if not self.active:
       return
-    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-    self._jsonl.flush()
+    row = json.dumps({"step": step, **values}) + "\n"
+    if self._jsonl is None:
+      with self._rows_lock(), open(self.jsonl_path, "a") as f:
+        f.write(row)
+    else:
+      self._jsonl.write(row)
+      self._jsonl.flush()
     if self._wandb is not None:
       self._wandb.log({"step": step, **values})
     for k, v in values.items():
@@ -167,7 +186,8 @@ class MetricLogger:
 
   def close(self):
     if self.active:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()

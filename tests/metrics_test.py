@@ -123,3 +123,21 @@ def test_an_evaluation_lands_in_tensorboard_with_the_config_as_hparams(tmp_path)
   assert "hparams" in plugins
   experiment = [v for _, v in values if v.tag == "_hparams_/experiment"]
   assert experiment and b"optimizer.lr" in experiment[0].metadata.plugin_data.content
+
+
+def test_a_row_appended_beside_a_resuming_run_is_not_lost(tmp_path):
+  """An evaluation's logger (resume_step=None) opened before a training run resumes and
+  rewrites metrics.jsonl: its row lands in the new file, not in the replaced one."""
+  logger = metrics.MetricLogger(str(tmp_path), total_steps=8)
+  for step in range(1, 6):
+    logger.write(step, {"loss": float(step)})
+  logger.close()
+  beside = metrics.MetricLogger(str(tmp_path), total_steps=0, resume_step=None)
+  resumed = metrics.MetricLogger(str(tmp_path), total_steps=8, resume_step=3)
+  beside.write(2, {"eval/knn_top1": 0.5})
+  resumed.write(4, {"loss": 40.0})
+  beside.close()
+  resumed.close()
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3, 2, 4]
+  assert {"step": 2, "eval/knn_top1": 0.5} in rows
