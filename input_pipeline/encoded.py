@@ -15,6 +15,8 @@ tools/prepare_data.py (array_record shards; any size). `EncodedImages` turns eit
 A record that does not decode is replaced by the next one that does (so shapes and batch
 sizes hold); each such record is logged with its key and counted in `skipped`.
 """
+import functools
+import json
 import os
 from typing import Sequence
 
@@ -64,8 +66,20 @@ class PreparedRecords:
     self.class_names = tuple(manifest["class_names"])
     self.has_captions = manifest["has_captions"]
     self.skipped = manifest["splits"][split]["skipped"] if split in manifest["splits"] else []
-    self._source = grain.sources.ArrayRecordDataSource(
-        records.split_shards(directory, manifest, split))
+    self._shards = records.split_shards(directory, manifest, split)
+    self._source = grain.sources.ArrayRecordDataSource(self._shards)
+
+  @functools.cached_property
+  def labels(self):
+    """Every record's label, from the shards' sidecars (None where a sidecar predates them)."""
+    labels = []
+    for shard in self._shards:
+      try:
+        with open(shard[:-len(".array_record")] + ".json") as f:
+          labels += json.load(f)["labels"]
+      except (OSError, ValueError, KeyError):
+        return None
+    return np.asarray(labels, np.int32) if len(labels) == len(self) else None
 
   def __len__(self):
     return len(self._source)

@@ -160,7 +160,8 @@ def test_prepared_records_hold_the_original_bytes_in_input_order(folder, prepare
   assert len(reader) == len(in_place)
   for i in range(len(reader)):
     assert reader[i]["image"] == in_place[i]["image"]
-    assert reader[i]["label"] == in_place[i]["label"]
+    assert reader[i]["label"] == in_place[i]["label"] == reader.labels[i]
+  assert len(reader.labels) == len(reader)  # From the sidecars, for label subsets.
   captions = encoded.PreparedRecords(prepared["webdataset"][0], "train")
   made = prepared["webdataset"][1]["captions"]
   assert sorted(captions[i]["captions"][0] for i in range(len(captions))) == sorted(

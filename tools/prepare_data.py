@@ -255,7 +255,7 @@ def _write_shard(task, report) -> None:
   out, name = task["out"], task["name"]
   shard, sidecar = os.path.join(out, name + ".array_record"), os.path.join(out, name + ".json")
   class_names = task["class_names"]
-  count, class_counts, skipped = 0, dict.fromkeys(class_names, 0), []
+  count, class_counts, skipped, labels = 0, dict.fromkeys(class_names, 0), [], []
   writer = array_record_module.ArrayRecordWriter(shard + ".tmp", WRITER_OPTIONS)
   finished = False
   try:
@@ -265,6 +265,7 @@ def _write_shard(task, report) -> None:
         skipped.append({"path": key, "reason": reason})
       else:
         writer.write(records.encode_record(data, label, captions, key))
+        labels.append(int(label))
         count += 1
         if label >= 0:
           class_counts[class_names[label]] += 1
@@ -272,8 +273,9 @@ def _write_shard(task, report) -> None:
     writer.close()
     writer = None
     with open(sidecar + ".tmp", "w") as f:
+      # labels: each record's, in order (label subsets for fine-tuning read no records).
       json.dump({"shard": name + ".array_record", "count": count, "class_counts": class_counts,
-                 "skipped": skipped, "inputs": task["inputs"]}, f, indent=1)
+                 "skipped": skipped, "inputs": task["inputs"], "labels": labels}, f, indent=1)
       f.flush()
       os.fsync(f.fileno())
     _fsync(shard + ".tmp")

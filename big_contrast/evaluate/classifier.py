@@ -72,9 +72,9 @@ FINETUNE = dict(label_fractions=settings.Setting((0.01, 0.1), _fractions),
 
 
 def labels_of(source) -> np.ndarray:
-  """The label of every example: listed by the source (digits, an ImageFolder), else read
-  record by record, in parallel, without decoding images where the source allows (prepared
-  records); a tfds source decodes each image."""
+  """The label of every example: listed by the source (digits, an ImageFolder, the sidecars of
+  prepared data), else read record by record, in parallel, without decoding images where the
+  source allows (data prepared before sidecars held labels); a tfds source decodes each."""
   for holder in (source, getattr(source, "reader", None)):
     if getattr(holder, "labels", None) is not None:
       return np.asarray(holder.labels)
