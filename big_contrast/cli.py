@@ -135,7 +135,7 @@ def _config_file_problem(argv):
   return None
 
 
-def _override_problems(argv, config) -> list:
+def override_problems(argv, config) -> list:
   """Each --config.KEY=V whose KEY the recipe does not have, with the likely fix."""
   known = set(run_config.flatten(config))
   method = config.get("method")
@@ -156,7 +156,7 @@ def parse_flags(argv):
       return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as e:
       values = flag_values(argv, "config")
-      problems = _override_problems(argv, _load_recipe(values[-1])) if values else []
+      problems = override_problems(argv, _load_recipe(values[-1])) if values else []
       problem = "\n".join(problems) or f"a --config.KEY override failed: {e}"
   sys.stderr.write(f"FATAL Flags parsing error: {problem}\n")
   sys.exit(2)

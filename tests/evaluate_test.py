@@ -144,6 +144,10 @@ def test_evaluate_command_equals_the_in_training_evaluation_and_disturbs_nothing
                            env=subprocess_env(1), capture_output=True, text=True, timeout=300)
   assert missing.returncode != 0 and "no checkpoint 3" in missing.stderr
   assert "it holds [2, 4]" in missing.stderr
+  typo = subprocess.run([sys.executable, "-m", "big_contrast.evaluate", f"--workdir={workdir}",
+                         "--config.eval.knn.kk=3"], cwd=root, env=subprocess_env(1),
+                        capture_output=True, text=True, timeout=300)
+  assert typo.returncode == 2 and "did you mean config.eval.knn.k?" in typo.stderr, typo.stderr
 
 
 def test_sharded_knn_equals_the_unsharded_reference_on_8_devices():

@@ -105,7 +105,12 @@ def _config_flag(argv):
   except ValueError as e:
     sys.stderr.write(f"FATAL {e}\n")
     sys.exit(2)
-  return config_flags.DEFINE_config_dict("config", saved, "The run's config.json.")
+  try:  # The --config.KEY overrides are read here, from argv.
+    return config_flags.DEFINE_config_dict("config", saved, "The run's config.json.")
+  except (AttributeError, KeyError) as e:
+    problems = cli.override_problems(argv, saved) or [f"a --config.KEY override failed: {e}"]
+    sys.stderr.write("FATAL Flags parsing error: " + "\n".join(problems) + "\n")
+    sys.exit(2)
 
 
 def main(argv):
