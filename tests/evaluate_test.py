@@ -182,6 +182,10 @@ def test_bank_streams_features_sharded_in_order():
   assert {s.data.shape for s in bank.x.addressable_shards} == {(6, 8, 3)}
   x, y = bank.gather()
   np.testing.assert_allclose(x, [source[i]["image"].mean((0, 1)) for i in range(360)], rtol=1e-6)
+  flat_x, flat_y, flat_valid = bank.flat()  # The linear probe's view: still sharded.
+  assert flat_x.shape == (384, 3) and flat_x.sharding.spec == jax.sharding.PartitionSpec("data")
+  assert int(flat_valid.sum()) == 360 and sorted(np.asarray(flat_y)[np.asarray(flat_valid)]) == (
+      sorted(y))
 
 
 def test_knn_memory_per_device_is_the_banks_share():

@@ -2,7 +2,7 @@
 
   python -m tools.knn_memory [--devices 8] [--train 1281167] [--dim 2048] [--batch 1024]
 
-Compiles one test batch's k-NN (`evaluate.knn.knn_hits`) against a bank of `--train` rows
+Compiles one test batch's k-NN (`evaluate.knn.knn_counts`) against a bank of `--train` rows
 sharded over a mesh of fake CPU devices and prints XLA's memory analysis per device: the
 bank's share (arguments) and the working memory (temporaries). Defaults: ImageNet-1k's
 training split and ResNet-50's 2048-d features.
@@ -15,7 +15,7 @@ import numpy as np
 
 def bank_memory(train: int, dim: int, batch: int, k: int = 20, num_classes: int = 1000,
                 dtype="float32") -> dict:
-  """{"argument_bytes", "temp_bytes"} per device of knn_hits on a bank of `train` rows."""
+  """{"argument_bytes", "temp_bytes"} per device of knn_counts on a bank of `train` rows."""
   import jax
   import jax.numpy as jnp
   from big_contrast import sharding
@@ -28,8 +28,8 @@ def bank_memory(train: int, dim: int, batch: int, k: int = 20, num_classes: int 
   args = (spec((batches, batch, dim), jnp.dtype(dtype)), spec((batches, batch), jnp.int32),
           spec((batches, batch), jnp.bool_), spec((1, batch, dim), jnp.dtype(dtype)),
           spec((1, batch), jnp.int32), spec((1, batch), jnp.bool_))
-  compiled = knn.knn_hits.lower(*args, 0, mesh=mesh, num_classes=num_classes, k=k,
-                                temperature=0.07).compile()
+  compiled = knn.knn_counts.lower(*args, mesh=mesh, num_classes=num_classes, k=k,
+                                  temperature=0.07).compile()
   analysis = compiled.memory_analysis()
   return {"devices": mesh.size, "train": train, "dim": dim, "batch": batch, "dtype": dtype,
           "argument_bytes": analysis.argument_size_in_bytes,

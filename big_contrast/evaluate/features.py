@@ -34,8 +34,7 @@ class Bank:
     """(x [N_padded, D], y, valid), still sharded: each device's rows of every batch made
     contiguous (batch-major order would need an all-gather). The rows' order is not the
     split's; use them where order does not matter (a classifier's training set)."""
-    rows = lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:])
-    return rows(self.x), rows(self.y), rows(self.valid)
+    return _flat(self.x, self.y, self.valid)
 
   def gather(self):
     """(x, y) of the valid rows, in the split's order, as numpy arrays on every host: for
@@ -53,6 +52,11 @@ def standard_scale(x, valid):
   axes = tuple(range(x.ndim - 1))
   mean = (x * w).sum(axes) / w.sum()
   return mean, jnp.sqrt((jnp.square(x - mean) * w).sum(axes) / w.sum() + 1e-5)
+
+
+@jax.jit
+def _flat(*arrays):  # One program for the three (see `bank` on programs in flight).
+  return tuple(jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:]) for a in arrays)
 
 
 def bank_sharding(mesh) -> NamedSharding:
@@ -83,4 +87,9 @@ def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> 
       buffers = jax.jit(lambda: tuple(jnp.zeros(*s) for s in shapes),
                         out_shardings=(bank_sharding(mesh),) * 3)()
     buffers = _put(buffers, i, rows)
+    if jax.process_count() > 1:
+      # One batch's programs at a time: independent programs with collectives (the encoder
+      # of successive batches) in flight at once can interleave them differently on
+      # different hosts, which deadlocked two CPU processes.
+      jax.block_until_ready(buffers)
   return Bank(*buffers)

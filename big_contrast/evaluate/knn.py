@@ -50,17 +50,26 @@ def _neighbours(mesh, k):
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "num_classes", "k"))
-def knn_hits(bank_x, bank_y, bank_valid, test_x, test_y, test_valid, i, *, mesh, num_classes,
-             k, temperature):
-  """Top-1 and top-5 hits among the valid rows of test batch `i` (of test_x [K, B, D] with
-  labels and valid [K, B]) against the bank: each of the k nearest bank rows votes for its
-  class with weight exp(cos / τ)."""
-  queries = l2_normalize(test_x[i].astype(jnp.float32))
-  sims, labels = _neighbours(mesh, k)(bank_x, bank_y, bank_valid, queries)
-  votes = (jax.nn.one_hot(labels, num_classes) * jnp.exp(sims / temperature)[..., None]).sum(1)
-  ranked = jax.lax.top_k(votes, min(5, num_classes))[1]
-  hit = (ranked == test_y[i][:, None]) & test_valid[i][:, None]
-  return jnp.sum(hit[:, 0]), jnp.sum(hit.any(1))
+def knn_counts(bank_x, bank_y, bank_valid, test_x, test_y, test_valid, *, mesh, num_classes,
+               k, temperature):
+  """(top-1 hits, top-5 hits) over the valid rows of test_x [K, B, D] (labels and valid
+  [K, B]) against the bank: each of the k nearest bank rows votes for its class with weight
+  exp(cos / τ). The test batches go one at a time, inside this one program: independent
+  programs with collectives in flight at once can interleave them differently on different
+  hosts."""
+  neighbours = _neighbours(mesh, k)
+
+  def batch(counts, i):
+    queries = l2_normalize(test_x[i].astype(jnp.float32))
+    sims, labels = neighbours(bank_x, bank_y, bank_valid, queries)
+    votes = (jax.nn.one_hot(labels, num_classes) * jnp.exp(sims / temperature)[..., None]
+             ).sum(1)
+    ranked = jax.lax.top_k(votes, min(5, num_classes))[1]
+    hit = (ranked == test_y[i][:, None]) & test_valid[i][:, None]
+    return (counts[0] + jnp.sum(hit[:, 0]), counts[1] + jnp.sum(hit.any(1))), None
+
+  zero = jnp.zeros((), jnp.int32)
+  return jax.lax.scan(batch, (zero, zero), jnp.arange(test_x.shape[0]))[0]
 
 
 def knn_bank_accuracy(train: features.Bank, test: features.Bank, mesh, *, num_classes, k=20,
@@ -68,12 +77,10 @@ def knn_bank_accuracy(train: features.Bank, test: features.Bank, mesh, *, num_cl
   """{"top1", "top5"} of k-NN from the `train` bank to the `test` bank (InstDisc, Wu et al.
   2018; DINO, Caron et al. 2021); both stay sharded, the test split goes one batch at a
   time."""
-  k = min(k, len(train))
-  hits = [knn_hits(train.x, train.y, train.valid, test.x, test.y, test.valid, i, mesh=mesh,
-                   num_classes=num_classes, k=k, temperature=temperature)
-          for i in range(test.x.shape[0])]
-  top1, top5 = (float(sum(h[j] for h in hits)) for j in (0, 1))
-  return {"top1": top1 / len(test), "top5": top5 / len(test)}
+  top1, top5 = knn_counts(train.x, train.y, train.valid, test.x, test.y, test.valid, mesh=mesh,
+                          num_classes=num_classes, k=min(k, len(train)),
+                          temperature=temperature)
+  return {"top1": float(top1) / len(test), "top5": float(top5) / len(test)}
 
 
 def _host_bank(x, y, rows: int) -> features.Bank:
