@@ -113,8 +113,8 @@ def test_a_host_without_tpu_chips_does_not_load_libtpu():
 
 
 def _wandb_history(workdir):
-  """{"step" field: logged values} of every offline W&B run file in `workdir` (its LevelDB-style log:
-  a 7-byte file header, 32 KiB blocks of records with a 7-byte header each)."""
+  """({"step" field: logged values}, run ids) of the offline W&B run files in `workdir`
+  (LevelDB-style logs: a 7-byte file header, 32 KiB blocks of records with 7-byte headers)."""
   import glob
   import struct
   from wandb.proto import wandb_internal_pb2
