@@ -349,3 +349,12 @@ def test_a_saved_config_gets_the_defaults_of_keys_added_since(tmp_path):
   config = run_config.read_saved(str(tmp_path))
   assert config.eval.linear_eval.epochs == 90.0 and config.mesh == c.mesh
   assert config.eval.knn.k == c.eval.knn.k and config.batch_size == c.batch_size
+
+
+def test_top_k_hits_counts_valid_rows_and_clamps_k_to_the_classes():
+  from big_contrast.numerics import top_k_hits
+  scores = jnp.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5], [0.9, 0.0, 0.1]])
+  labels, valid = jnp.array([1, 2, 0, 0]), jnp.array([True, True, True, False])
+  hits = top_k_hits(scores, labels, valid, ks=(1, 2, 5))  # 3 classes: top-5 is every row.
+  assert {k: int(v) for k, v in hits.items()} == {1: 1, 2: 2, 5: 3}
+  assert int(top_k_hits(scores, labels, ks=(1,))[1]) == 2

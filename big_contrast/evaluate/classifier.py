@@ -26,6 +26,7 @@ from big_contrast import augment
 from big_contrast import optim
 from big_contrast import settings
 from big_contrast import sharding
+from big_contrast.numerics import top_k_hits
 from big_contrast.evaluate import base
 from big_contrast.evaluate import features
 from input_pipeline import decode
@@ -153,12 +154,9 @@ def _step(method, tx, crop_size, cfg, finetune, frozen_params, state, scale, tra
   return optax.apply_updates(trained, updates), opt_state, loss
 
 
-@functools.partial(jax.jit, static_argnames=("ks",))
-def _hits(x, y, valid, scale, w, b, ks=(1, 5)):
-  logits = (x.astype(jnp.float32) - scale[0]) / scale[1] @ w + b
-  ranked = jax.lax.top_k(logits, max(ks))[1]
-  hit = (ranked == y[..., None]) & valid[..., None]
-  return {k: hit[..., :k].any(-1).sum() for k in ks}
+@jax.jit
+def _hits(x, y, valid, scale, w, b):
+  return top_k_hits((x.astype(jnp.float32) - scale[0]) / scale[1] @ w + b, y, valid)
 
 
 def train_classifier(ctx, cfg, name: str, epochs: float, fraction: float = 1.0,

@@ -79,7 +79,7 @@ def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> 
   buffers = None
   for i, local in enumerate(pipeline.eval_batches(source, batch_size, jax.process_index(),
                                                   jax.process_count(), tokenizer)):
-    # Only arrays travel to the devices (an image-text source's captions stay here).
+    # Only what is read travels to the devices (not the other tower's inputs).
     batch = sharding.global_batch({k: local[k] for k in (key, "label", "mask")}, mesh)
     rows = (features_fn(batch[key]), batch["label"], batch["mask"])
     if buffers is None:

@@ -11,6 +11,7 @@ import numpy as np
 from big_contrast import settings
 from big_contrast.evaluate import base
 from big_contrast.numerics import l2_normalize as _l2n
+from big_contrast.numerics import top_k_hits
 from input_pipeline import sources
 
 
@@ -26,10 +27,8 @@ def zero_shot_classifier(text_embeddings):
 @functools.partial(jax.jit, static_argnames=("ks",))
 def zero_shot_accuracy(image_embeddings, classifier, labels, ks=(1,)):
   """{k: top-k accuracy} of classifying images [N, D] by cosine to class embeddings [C, D]."""
-  scores = _l2n(image_embeddings) @ classifier.T
-  ranked = jnp.argsort(-scores, axis=1)
-  hit = ranked == labels[:, None]
-  return {k: jnp.mean(jnp.any(hit[:, :k], axis=1)) for k in ks}
+  hits = top_k_hits(_l2n(image_embeddings) @ classifier.T, labels, ks=ks)
+  return {k: v / labels.shape[0] for k, v in hits.items()}
 
 
 def _recall(scores, relevant, ks):

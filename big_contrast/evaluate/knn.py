@@ -12,6 +12,7 @@ from big_contrast.evaluate import base
 from big_contrast.evaluate import features
 from big_contrast.numerics import HIGHEST
 from big_contrast.numerics import l2_normalize
+from big_contrast.numerics import top_k_hits
 
 
 def _merge_top_k(sims, labels, k):
@@ -64,9 +65,8 @@ def knn_counts(bank_x, bank_y, bank_valid, test_x, test_y, test_valid, *, mesh, 
     sims, labels = neighbours(bank_x, bank_y, bank_valid, queries)
     votes = (jax.nn.one_hot(labels, num_classes) * jnp.exp(sims / temperature)[..., None]
              ).sum(1)
-    ranked = jax.lax.top_k(votes, min(5, num_classes))[1]
-    hit = (ranked == test_y[i][:, None]) & test_valid[i][:, None]
-    return (counts[0] + jnp.sum(hit[:, 0]), counts[1] + jnp.sum(hit.any(1))), None
+    hits = top_k_hits(votes, test_y[i], test_valid[i])
+    return (counts[0] + hits[1], counts[1] + hits[5]), None
 
   zero = jnp.zeros((), jnp.int32)
   return jax.lax.scan(batch, (zero, zero), jnp.arange(test_x.shape[0]))[0]
