@@ -171,14 +171,16 @@ class MetricLogger:
       eta = "?"
     self._tick, self._tick_step, self._data_wait = now, step, 0.0
     self.write(step, values)
-    shown = "  ".join(f"{k}={v:.4g}" for k, v in values.items())
-    logging.info("step %d/%d  %s  %s", step, self.total_steps, shown, note or f"ETA {eta}")
+    self._line(step, values, note or f"ETA {eta}")
 
   def first_step(self, step: int, values: dict, note: str):
     """The console line of a session's first step, whose time is mostly compilation (not
     written to metrics: the logged steps stay those of config.log_every_steps)."""
-    shown = "  ".join(f"{k}={float(v):.4g}" for k, v in jax.device_get(values).items())
-    logging.info("step %d/%d  %s  %s", step, self.total_steps, shown, note)
+    self._line(step, jax.device_get(values), note)
+
+  def _line(self, step: int, values: dict, tail: str):
+    shown = "  ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+    logging.info("step %d/%d  %s  %s", step, self.total_steps, shown, tail)
 
   def restart_clock(self, step: int):
     """Excludes compile and evaluation time from the next throughput measurement."""
