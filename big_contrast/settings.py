@@ -87,6 +87,19 @@ def widths(default) -> Setting:
   return Setting(tuple(default), check)
 
 
+def numbers(default, low=None, high=None, low_open=False, hint="") -> Setting:
+  """A non-empty tuple of numbers, each as `number(low, high, low_open)` checks it (label
+  fractions, epochs per fraction)."""
+  each = _range_check(False, low, high, low_open)
+
+  def check(v):
+    if not isinstance(v, (tuple, list)) or not v:
+      return "must be a non-empty tuple of numbers"
+    problems = [f"holds {x!r}, which {each(x)}" for x in v if each(x)]
+    return problems[0] if problems else None
+  return Setting(tuple(default), check, hint=hint)
+
+
 def _interval(low, high) -> Check:
   def check(v):
     if (not isinstance(v, (tuple, list)) or len(v) != 2 or

@@ -358,3 +358,13 @@ def test_top_k_hits_counts_valid_rows_and_clamps_k_to_the_classes():
   hits = top_k_hits(scores, labels, valid, ks=(1, 2, 5))  # 3 classes: top-5 is every row.
   assert {k: int(v) for k, v in hits.items()} == {1: 1, 2: 2, 5: 3}
   assert int(top_k_hits(scores, labels, ks=(1,))[1]) == 2
+
+
+def test_finetune_settings_refuse_bad_fractions_and_epochs_before_compile():
+  from big_contrast import run_config
+  for key, value, message in (
+      ("eval.finetune.label_fractions", (0.0, 0.1), "holds 0.0, which must be a number > 0"),
+      ("eval.finetune.label_fractions", (), "must be a non-empty tuple of numbers"),
+      ("eval.finetune.epochs", (60.0, -1.0), "holds -1.0, which must be a number > 0")):
+    with pytest.raises(ValueError, match=f"config.{key}=.*{message}"):
+      run_config.check(tiny_config(**{key: value}))

@@ -33,30 +33,18 @@ from input_pipeline import decode
 from input_pipeline import pipeline
 
 
-def _optimizer(lr, nesterov=True, **kw):
+def _optimizer(lr):
+  """config.optimizer's declaration with the protocols' defaults: SGD, Nesterov, lr per 256."""
   return dict(optim.SETTINGS, name=settings.choice("sgd", optim.OPTIMIZERS),
               lr=settings.positive(lr), lr_batch_scale=settings.number(256, low=0),
-              weight_decay=settings.number(kw.get("weight_decay", 0.0), low=0),
-              warmup_epochs=settings.number(0.0, low=0), nesterov=settings.boolean(nesterov))
+              weight_decay=settings.number(0.0, low=0),
+              warmup_epochs=settings.number(0.0, low=0), nesterov=settings.boolean(True))
 
 
 _VIEW = dict(crop_scale=settings.interval((0.08, 1.0), 0.0, 1.0),
              flip_prob=settings.probability(0.5),
              batch_size=settings.integer(0, low=0),  # 0: config.eval.batch_size
              seed=settings.integer(0))
-
-def _fractions(v):
-  if (not isinstance(v, (tuple, list)) or not v or
-      not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in v)):
-    return "must be a tuple of label fractions in (0, 1], e.g. (0.01, 0.1) or (1.0,)"
-  return None
-
-
-def _epochs(v):
-  if not isinstance(v, (tuple, list)) or not all(
-      isinstance(e, (int, float)) and e > 0 for e in v):
-    return "must be a tuple of epochs > 0, one per label fraction"
-  return None
 
 
 # SimCLR's protocols (Chen et al. 2020, appendix B.5 / B.6): Nesterov momentum 0.9, no weight
@@ -67,8 +55,10 @@ def _epochs(v):
 # MAE's linear probing places one; off in SimCLR's and MoCo's protocols.
 LINEAR_EVAL = dict(epochs=settings.positive(90.0), optimizer=_optimizer(0.1),
                    standardize=settings.boolean(False), **_VIEW)
-FINETUNE = dict(label_fractions=settings.Setting((0.01, 0.1), _fractions),
-                epochs=settings.Setting((60.0, 30.0), _epochs),
+FINETUNE = dict(label_fractions=settings.numbers((0.01, 0.1), low=0, high=1, low_open=True,
+                                                 hint="e.g. (0.01, 0.1), or (1.0,) for all"),
+                epochs=settings.numbers((60.0, 30.0), low=0, low_open=True,
+                                        hint="one number of epochs per label fraction"),
                 optimizer=_optimizer(0.05), **_VIEW)
 
 
