@@ -46,6 +46,9 @@ class DataSource:
   # Batches hold views cropped on the host ("views", "small_views": [B, V, S, S, 3]) instead
   # of whole images ("image": [B, S, S, 3]) that the device crops.
   host_crops: bool = False
+  # (data_cfg, split) -> that split alone, its class names its own; None: open's test source
+  # with test_split=split.
+  split: Callable | None = None
 
 
 def _check_data_dir(cfg, kind):
@@ -133,10 +136,14 @@ SOURCES.register("digits", DataSource(_digits, (IMAGES,)))
 SOURCES.register("tfds", DataSource(_tfds, (IMAGES,), _check_data_dir))
 SOURCES.register("digits_captions", DataSource(_image_text, (IMAGES, IMAGE_TEXT)))
 SOURCES.register("tfds_captions", DataSource(_image_text, (IMAGES, IMAGE_TEXT), _check_data_dir))
-SOURCES.register("image_folder", DataSource(_image_folder, (IMAGES,), _check_image_folder,
-                                            host_crops=True))
-SOURCES.register("prepared", DataSource(_prepared, (IMAGES, IMAGE_TEXT), _check_prepared,
-                                        host_crops=True))
+SOURCES.register("image_folder", DataSource(
+    _image_folder, (IMAGES,), _check_image_folder, host_crops=True,
+    split=lambda cfg, split: encoded.EncodedImages(
+        encoded.FolderRecords(os.path.join(cfg.path, split)), cfg.image_size)))
+SOURCES.register("prepared", DataSource(
+    _prepared, (IMAGES, IMAGE_TEXT), _check_prepared, host_crops=True,
+    split=lambda cfg, split: encoded.EncodedImages(encoded.PreparedRecords(cfg.path, split),
+                                                   cfg.image_size)))
 
 
 def check(data_cfg, kind: str):
@@ -160,12 +167,9 @@ def open_split(data_cfg, split: str):
   """One split of a labelled image dataset described like `config.data` (name, path or
   tfds_name and data_dir, image_size), as an evaluation source; its class names are its own
   (an ImageFolder's sorted folders, a prepared manifest's, tfds's label names)."""
-  if data_cfg.name == "image_folder":
-    return encoded.EncodedImages(encoded.FolderRecords(os.path.join(data_cfg.path, split)),
-                                 data_cfg.image_size)
-  if data_cfg.name == "prepared":
-    return encoded.EncodedImages(encoded.PreparedRecords(data_cfg.path, split),
-                                 data_cfg.image_size)
+  source = SOURCES.get(data_cfg.name)
+  if source.split is not None:
+    return source.split(data_cfg, split)
   cfg = data_cfg.copy_and_resolve_references()
   cfg.test_split = split
   check(cfg, IMAGES)
