@@ -92,6 +92,10 @@ def test_max_batch_bisects_to_the_largest_batch_that_fits(monkeypatch):
   # With a tolerance of 30%, bisection stops once the bracket is under 30% of the batch.
   coarse = aot_compile.max_batch(_config(), "v5e:2x2", tolerance=0.3)
   assert coarse["max_batch"] == 32 and [b for b, *_ in coarse["tried"]] == [32, 64, 48, 40]
+  # Each device's 8 examples split into 2 micro-batches of 2 slices: multiples of 16 only.
+  split = aot_compile.max_batch(common.override(_config(), {"micro_batches": 2,
+                                                            "model.block_chunks": 2}), "v5e:2x2")
+  assert split["max_batch"] == 32 and [b for b, *_ in split["tried"]] == [32, 64, 48]
 
 
 def test_cli_prints_the_table_and_writes_json(tmp_path):

@@ -170,7 +170,8 @@ def _shard_bytes(tree) -> int:
 def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
               log=lambda text: None, tolerance: float = 0.0) -> dict:
   """The largest global batch whose step fits the chips' HBM: doubling from
-  `config.batch_size`, then bisection, in multiples of the data-parallel shards, until the
+  `config.batch_size`, then bisection, in multiples of the batch the config can split
+  (data-parallel shards x micro-batches x block slices per device), until the
   bracket is one multiple wide (or `tolerance` of the batch that fits, to save compiles).
   A batch the config refuses (e.g. a queue size it must divide) counts as not fitting.
   Returns {"max_batch": N or 0, "tried": [(batch, fits, total bytes per chip)],
@@ -179,7 +180,10 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
   from configs import common
 
   _, devices = topology_devices(topology)
-  step = sharding.num_batch_shards(sharding.make_mesh(config.mesh, devices))
+  # Batches the config can split: over the data-parallel shards, then each device's share
+  # into micro-batches and block slices.
+  step = (sharding.num_batch_shards(sharding.make_mesh(config.mesh, devices)) *
+          config.get("micro_batches", 1) * config.model.get("block_chunks", 1))
   tried, best = [], None
 
   def fits(batch: int) -> bool:
