@@ -77,6 +77,20 @@ def check_batch_size(config, train_size: int):
         "lower config.batch_size or train on a larger dataset.")
 
 
+def check_block_chunks(config, mesh):
+  """Fails before any compile when each device's (micro-)batch does not split into
+  `config.model.block_chunks` slices."""
+  chunks = config.model.get("block_chunks", 1)
+  per_device = config.batch_size // (sharding.num_batch_shards(mesh) *
+                                     config.get("micro_batches", 1))
+  if per_device % chunks:
+    raise ValueError(f"config.model.block_chunks={chunks} must divide each device's batch of "
+                     f"{per_device} (config.batch_size={config.batch_size} over "
+                     f"{sharding.num_batch_shards(mesh)} data-parallel shards and "
+                     f"config.micro_batches={config.get('micro_batches', 1)}); use a divisor "
+                     f"of {per_device}.")
+
+
 def build_method(config, sched: methods.Schedule, mesh=None, tokenizer=None) -> methods.Method:
   """`config.method` with, if it trains on text, `tokenizer` or that of
   `config.text.tokenizer`."""
@@ -193,6 +207,7 @@ def setup(config, devices=None, train_size: int | None = None, tokenizer=None) -
   sched = schedule(config, train_size)
   method = build_method(config, sched, mesh, tokenizer)
   grad_cache.check(config, method, mesh)
+  check_block_chunks(config, mesh)
   warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * sched.steps_per_epoch))
   tx, lr_fn = optim.make(config.optimizer, config.batch_size, sched.total_steps, warmup_steps)
 

@@ -1,6 +1,9 @@
 """Backbones and heads: shapes, stems, dtypes and rematerialisation."""
+import re
+
 from flax import traverse_util
 import jax
+from jax import ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -44,11 +47,15 @@ def test_mlp_head_last_bn():
   np.testing.assert_allclose(out.mean(0), 0, atol=1e-5)
 
 
+VIT = {"model.name": "vit", "model.variant": "Ti/4", "model.width": 16, "model.heads": 2,
+       "model.depth": 1}
+
+
 def _tiny(kind, **kw):
   """(module, input) of a 2-block ViT, TextTransformer or ResNet-18."""
   images = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
-  if kind == "vit":
-    return models.vit("Ti/4", width=16, depth=2, heads=2, **kw), images
+  if kind in ("vit", "vit_map"):
+    return models.vit("Ti/4", width=16, depth=2, heads=2, pool=kind[4:] or "cls", **kw), images
   if kind == "text":
     return (models.TextTransformer(vocab_size=16, width=16, depth=2, heads=2, context_length=8,
                                    **kw),
@@ -68,7 +75,7 @@ def _split(variables):
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
-@pytest.mark.parametrize("kind", ["vit", "text", "resnet"])
+@pytest.mark.parametrize("kind", ["vit", "vit_map", "text", "resnet"])
 def test_remat_keeps_params_loss_and_gradients(kind):
   model, x = _tiny(kind)
   params, rest = _split(jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x))
@@ -136,11 +143,57 @@ def test_the_optimizer_updates_scanned_blocks_as_unrolled_ones():
     run_lib.setup(c, train_size=64)
 
 
-def test_scan_layers_is_refused_for_a_resnet():
-  c = tiny_config(**{"model.scan_layers": True})
-  with pytest.raises(ValueError, match="config.model.scan_layers=True applies to transformer "
-                                       "blocks.*set it to False"):
-    run_lib.setup(c, train_size=64)
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.scan_layers": True}, "config.model.scan_layers=True applies to transformer blocks"
+                                  ".*set it to False"),
+    ({"model.block_chunks": 2}, "config.model.block_chunks applies to transformer blocks.*set "
+                                "it to 1"),
+    # 32 over 8 devices and 2 micro-batches: 2 per device.
+    ({**VIT, "mesh": [("data", 8)], "batch_size": 32, "micro_batches": 2,
+      "model.block_chunks": 4},
+     r"block_chunks=4 must divide each device's batch of 2 \(config.batch_size=32 over 8 "
+     r"data-parallel shards and config.micro_batches=2\); use a divisor of 2"),
+])
+def test_bad_transformer_block_settings_fail_at_setup(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    run_lib.setup(tiny_config(**overrides), train_size=64)
+
+
+@pytest.mark.parametrize("kind", ["vit", "vit_map", "text"])
+def test_full_remat_keeps_one_bf16_sequence_per_block(kind, capsys):
+  """What the backward pass keeps of a token sequence [N, L, width] under remat="full": each
+  block's input, the final norm's input (the last block's output) and, for attention pooling,
+  its input; all in the compute dtype, nothing in float32."""
+  model, x = _tiny(kind, remat="full", dtype=jnp.bfloat16)
+  params = model.init(jax.random.PRNGKey(0), x, train=False)
+  capsys.readouterr()
+  ad_checkpoint.print_saved_residuals(lambda p: model.apply(p, x, train=True).sum(), params)
+  saved = re.findall(r"^(\w+)\[([\d,]*)\] output of", capsys.readouterr().out, re.M)
+  sequences = [dtype for dtype, shape in saved
+               if re.fullmatch(rf"{x.shape[0]},\d+,16", shape)]  # [N, L, width 16]
+  assert len(sequences) == model.depth + 1 + (kind == "vit_map"), saved
+  assert set(sequences) == {"bf16"}, saved
+
+
+@pytest.mark.parametrize("kind", ["vit_map", "text"])
+@pytest.mark.parametrize("remat, scan", [("full", False), ("dots", False), ("none", True)])
+def test_block_chunks_compute_what_whole_batch_blocks_compute(kind, remat, scan):
+  """Same parameter paths, loss and gradients; inference runs unchunked, at any batch size."""
+  model, x = _tiny(kind, remat=remat, scan_layers=scan)
+  params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), params)
+  chunked, _ = _tiny(kind, remat=remat, scan_layers=scan, block_chunks=2)
+  shapes = jax.eval_shape(lambda x: chunked.init(jax.random.PRNGKey(0), x, train=True), x)
+  assert jax.tree.structure(shapes["params"]) == jax.tree.structure(params)
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: _loss(m, x)(p, {})[0]))
+  (want_value, want_grad), (value, grad) = loss(model)(params), loss(chunked)(params)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  for k, g in _flat(grad).items():
+    np.testing.assert_allclose(g, _flat(want_grad)[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  np.testing.assert_allclose(chunked.apply({"params": params}, x[:1], train=False),
+                             model.apply({"params": params}, x[:1], train=False), rtol=1e-5)
+  with pytest.raises(ValueError, match="block_chunks=2 does not divide a batch of 1"):
+    chunked.apply({"params": params}, x[:1], train=True)
 
 
 def _grad_temp_bytes(model, x):
@@ -165,6 +218,15 @@ def test_remat_reduces_compiled_temp_memory():
             for r in ("none", "full", "dots")}
   print("ResNet-18 grad temp bytes", resnet)
   assert resnet["full"] < resnet["dots"] < 0.7 * resnet["none"], resnet
+
+
+def test_block_chunks_shrink_the_backward_working_set():
+  """Under remat, a block is recomputed and differentiated one slice of the batch at a time."""
+  x = jnp.ones((32, 16, 16, 3))
+  temp = {k: _grad_temp_bytes(models.vit("Ti/4", width=64, depth=4, heads=4, remat="full",
+                                         block_chunks=k), x) for k in (1, 4)}
+  print("ViT grad temp bytes by block_chunks", temp)
+  assert temp[4] < 0.6 * temp[1], temp
 
 
 def _model_config(name, **kw):

@@ -108,13 +108,15 @@ def _assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), err_msg=str(path), **tol)
 
 
-def test_fsdp_and_tensor_parallel_training_equals_one_device(tmp_path):
-  """A two-tower ViT on data=2 x fsdp=2 x tensor=2 trains like one device."""
+@pytest.mark.parametrize("chunks", [{}, {"model.remat": "full", "model.block_chunks": 2}])
+def test_fsdp_and_tensor_parallel_training_equals_one_device(tmp_path, chunks):
+  """A two-tower ViT on data=2 x fsdp=2 x tensor=2 trains like one device, also with its blocks
+  run over slices of each device's batch."""
   overrides = {"total_steps": 2, "sharding.rules": ("transformer_tp", "fsdp"),
                "sharding.min_size": 0, "optimizer.name": "sgd", "eval.evaluators": ()}
   sharded = train.train_and_evaluate(
-      tiny_config("clip_digits", mesh=[("data", 2), ("fsdp", 2), ("tensor", 2)], **overrides),
-      str(tmp_path / "sharded"))["train_state"]
+      tiny_config("clip_digits", mesh=[("data", 2), ("fsdp", 2), ("tensor", 2)], **overrides,
+                  **chunks), str(tmp_path / "sharded"))["train_state"]
   single = train.train_and_evaluate(
       tiny_config("clip_digits", mesh=[("data", 1), ("fsdp", 1), ("tensor", 1)], **overrides),
       str(tmp_path / "single"))["train_state"]

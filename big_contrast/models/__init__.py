@@ -21,11 +21,13 @@ from big_contrast.models.vit import VARIANTS
 DTYPES = ("float32", "bfloat16", "float16")
 
 # What every model section takes: compute dtype, storage dtype, rematerialisation policy,
-# and whether transformer blocks run as one scan (ViT and text towers; compile time flat in
-# depth, parameters stacked: models/vit.py `blocks`).
+# whether transformer blocks run as one scan (ViT and text towers; compile time flat in
+# depth, parameters stacked) and over how many slices of the batch each transformer block
+# runs in training (remat's working set is a slice's): models/vit.py `blocks`.
 TOWER_SETTINGS = dict(
     dtype=settings.choice("float32", DTYPES), param_dtype=settings.choice("float32", DTYPES),
-    remat=settings.choice("none", tuple(remat.POLICIES)), scan_layers=settings.boolean(False))
+    remat=settings.choice("none", tuple(remat.POLICIES)), scan_layers=settings.boolean(False),
+    block_chunks=settings.integer(1, low=1))
 
 
 def _variant(v):
@@ -89,10 +91,11 @@ def dtypes(cfg) -> dict:
 
 
 def _tower_kw(cfg) -> dict:
-  """dtype, param_dtype, remat and scan_layers of a tower from `config.model`, checked before
-  any trace."""
+  """dtype, param_dtype, remat, scan_layers and block_chunks of a tower from `config.model`,
+  checked before any trace."""
   return dict(dtypes(cfg), remat=remat.check(cfg.get("remat", "none")),
-              scan_layers=bool(cfg.get("scan_layers", False)))
+              scan_layers=bool(cfg.get("scan_layers", False)),
+              block_chunks=int(cfg.get("block_chunks", 1)))
 
 
 def backbone(cfg, top=None):
@@ -103,6 +106,9 @@ def backbone(cfg, top=None):
   """
   kw = _tower_kw(top or cfg)
   if cfg.name == "resnet":
+    if kw.pop("block_chunks") > 1:
+      raise ValueError("config.model.block_chunks applies to transformer blocks (ViT, text "
+                       "tower); a ResNet's BatchNorm needs the whole batch: set it to 1.")
     if kw.pop("scan_layers"):
       raise ValueError("config.model.scan_layers=True applies to transformer blocks (ViT, text "
                        "tower); a ResNet's stages differ in shape: set it to False.")

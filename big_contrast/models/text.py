@@ -4,8 +4,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from big_contrast.models import remat as remat_lib
 from big_contrast.models.vit import MAPHead
 from big_contrast.models.vit import blocks
+from big_contrast.models.vit import training_chunks
 
 POOLS = ("last", "first", "gap", "map")
 
@@ -29,6 +31,7 @@ class TextTransformer(nn.Module):
     dtype, param_dtype: compute and parameter storage dtypes.
     remat: rematerialisation policy of every block (remat.POLICIES).
     scan_layers: run the blocks as one nn.scan (models/vit.py `blocks`).
+    block_chunks: in training, each block runs over the batch in this many slices (ViT).
   """
   vocab_size: int
   width: int = 512
@@ -42,10 +45,11 @@ class TextTransformer(nn.Module):
   param_dtype: Any = jnp.float32
   remat: str = "none"
   scan_layers: bool = False
+  block_chunks: int = 1
 
   @nn.compact
   def __call__(self, tokens, train: bool = True):
-    del train  # No dropout or BatchNorm.
+    # No dropout or BatchNorm: `train` only chunks the blocks, for the backward pass.
     if self.pool not in POOLS:
       raise ValueError(f"text pool {self.pool!r} unknown; use one of {POOLS} "
                        "(config.model.text.pool).")
@@ -64,8 +68,9 @@ class TextTransformer(nn.Module):
       mask = nn.combine_masks(mask, nn.make_causal_mask(tokens))
     x = blocks(x, mask, depth=self.depth, heads=self.heads, mlp_dim=4 * self.width,
                dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-               scan=self.scan_layers)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
+               scan=self.scan_layers, chunks=training_chunks(self, train))
+    x = remat_lib.wrap(nn.LayerNorm, self.remat)(dtype=self.dtype, param_dtype=self.param_dtype,
+                                                 name="norm")(x)  # As the ViT's.
     if self.pool == "last":
       last = jnp.maximum(valid.sum(1) - 1, 0)
       x = x[jnp.arange(n), last]
@@ -75,6 +80,6 @@ class TextTransformer(nn.Module):
       w = valid[..., None].astype(x.dtype)
       x = (x * w).sum(1) / jnp.maximum(w.sum(1), 1)
     else:
-      x = MAPHead(self.heads, 4 * self.width, self.dtype, self.param_dtype, name="map_head")(
-          x, valid)
+      x = remat_lib.wrap(MAPHead, self.remat)(self.heads, 4 * self.width, self.dtype,
+                                              self.param_dtype, name="map_head")(x, valid)
     return x.astype(jnp.float32)

@@ -48,6 +48,10 @@ class Block(nn.Module):
                                                 y, y, mask=mask)
     return x + _mlp(norm()(x), self.mlp_dim, self.dtype, self.param_dtype)
 
+  def step(self, carry, xs):
+    """The body of a scan over batch chunks: (carry, (x, mask)) -> (carry, block(x, mask))."""
+    return carry, self(*xs)
+
 
 class _ScanStep(nn.Module):
   """One block as a step of nn.scan: (x, mask) -> (x, None)."""
@@ -56,29 +60,60 @@ class _ScanStep(nn.Module):
   dtype: Any
   param_dtype: Any
   remat: str
+  chunks: int
 
   @nn.compact
   def __call__(self, x, mask):
-    block = remat_lib.wrap(Block, self.remat)
-    return block(self.heads, self.mlp_dim, self.dtype, self.param_dtype, name="block")(
-        x, mask), None
+    return _block(x, mask, self.chunks, self.heads, self.mlp_dim, self.dtype, self.param_dtype,
+                  self.remat, "block"), None
+
+
+def _block(x, mask, chunks: int, heads: int, mlp_dim: int, dtype, param_dtype, remat: str,
+           name: str):
+  """One block named `name` on x [N, L, C], over the batch in `chunks` sequential slices.
+
+  Slice j holds examples j, j + chunks, j + 2 chunks, ...: the batch is sharded in contiguous
+  rows, so every device keeps an equal share of each slice. The slices share the block's
+  parameters; under remat the backward pass recomputes and differentiates one slice at a
+  time, so its working set (attention logits and weights [heads, L, L], the MLP's hidden
+  layer) is a slice's, not the whole batch's, while the saved block inputs stay the same.
+  """
+  block = remat_lib.wrap(Block, remat)
+  if chunks == 1:
+    return block(heads, mlp_dim, dtype, param_dtype, name=name)(x, mask)
+  n = x.shape[0]
+  if n % chunks:
+    raise ValueError(f"config.model.block_chunks={chunks} does not divide a batch of {n} "
+                     "examples; use a divisor of the per-device batch.")
+  split = lambda a: None if a is None else a.reshape(n // chunks, chunks, *a.shape[1:])
+  scanned = nn.scan(block, variable_broadcast="params", split_rngs={"params": False},
+                    in_axes=1, out_axes=1, length=chunks, methods=["step"])
+  _, y = scanned(heads, mlp_dim, dtype, param_dtype, name=name).step(None, (split(x), split(mask)))
+  return y.reshape(x.shape)
 
 
 def blocks(x, mask, *, depth: int, heads: int, mlp_dim: int, dtype, param_dtype, remat: str,
-           scan: bool):
+           scan: bool, chunks: int = 1):
   """`depth` blocks, called inside a parent's compact __call__. Unrolled, block i's parameters
   are at "block{i}/..."; with `scan`, one block is traced and compiled once and run `depth`
   times (compile time stays flat in depth), its parameters stacked at "blocks/block/..." with
-  a leading depth axis (`stack_layers` / `unstack_layers` convert between the two)."""
+  a leading depth axis (`stack_layers` / `unstack_layers` convert between the two).
+  `chunks` > 1 runs each block over the batch in that many slices (`_block`); the parameter
+  paths do not change."""
   if not scan:
-    block = remat_lib.wrap(Block, remat)
     for i in range(depth):
-      x = block(heads, mlp_dim, dtype, param_dtype, name=f"block{i}")(x, mask)
+      x = _block(x, mask, chunks, heads, mlp_dim, dtype, param_dtype, remat, f"block{i}")
     return x
   scanned = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
                     in_axes=nn.broadcast, length=depth)
-  x, _ = scanned(heads, mlp_dim, dtype, param_dtype, remat, name=SCANNED_BLOCKS)(x, mask)
+  x, _ = scanned(heads, mlp_dim, dtype, param_dtype, remat, chunks, name=SCANNED_BLOCKS)(x, mask)
   return x
+
+
+def training_chunks(tower: nn.Module, train: bool) -> int:
+  """The tower's block_chunks in a training step; 1 at init (a one-example batch) and in
+  inference, where there is no backward pass to bound."""
+  return tower.block_chunks if train and not tower.is_initializing() else 1
 
 
 SCANNED_BLOCKS = "blocks"  # The scanned stack's name; its one block is "blocks/block".
@@ -167,6 +202,8 @@ class ViT(nn.Module):
     dtype, param_dtype: compute and parameter storage dtypes.
     remat: rematerialisation policy of every block (remat.POLICIES).
     scan_layers: run the blocks as one nn.scan (see `blocks`).
+    block_chunks: in training, run each block over the batch in this many sequential
+      slices (`_block`), bounding remat's working set by a slice.
   """
   width: int = 384
   depth: int = 12
@@ -178,10 +215,11 @@ class ViT(nn.Module):
   param_dtype: Any = jnp.float32
   remat: str = "none"
   scan_layers: bool = False
+  block_chunks: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    del train  # No dropout or BatchNorm.
+    # No dropout or BatchNorm: `train` only chunks the blocks, for the backward pass.
     if self.pool not in POOLS:
       raise ValueError(f"ViT pool {self.pool!r} unknown; use one of {POOLS} (config.model.pool).")
     p = self.patch_size
@@ -199,10 +237,14 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.tile(cls, (n, 1, 1)).astype(x.dtype), x], axis=1)
     x = blocks(x, None, depth=self.depth, heads=self.heads, mlp_dim=4 * self.width,
                dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
-               scan=self.scan_layers)
-    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
+               scan=self.scan_layers, chunks=training_chunks(self, train))
+    # Rematerialised like the blocks: otherwise LayerNorm keeps float32 copies of every token
+    # (centred, scaled), six times the bytes of its bf16 input.
+    x = remat_lib.wrap(nn.LayerNorm, self.remat)(dtype=self.dtype, param_dtype=self.param_dtype,
+                                                 name="norm")(x)
     if self.pool == "map":
-      x = MAPHead(self.heads, 4 * self.width, self.dtype, self.param_dtype, name="map_head")(x)
+      x = remat_lib.wrap(MAPHead, self.remat)(self.heads, 4 * self.width, self.dtype,
+                                              self.param_dtype, name="map_head")(x)
     else:
       x = x[:, 0] if self.pool == "cls" else x.mean(1)
     return x.astype(jnp.float32)
