@@ -12,12 +12,16 @@
    the peer's compiled and eager ones against the targets (ViT-B/16 SigLIP >= 1.3x open_clip
    + torch.compile, ResNet-50 SimCLR >= 1.2x torch.compile).
 
+A short lease must still yield numbers: the peers' script is stopped after --peer_timeout_s
+(keeping what it measured), and the JSON is rewritten after each of our workloads.
+
 `--tiny` runs the same steps with test-sized models (any device), and `--peer_json` reads a
 peer result instead of running the script: how the check itself is tested on a CPU.
 """
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,15 +44,40 @@ TINY = {
 }
 
 
-def run_peers(script: str, out: str) -> dict:
-  """The peers' results: runs `script` (clip, simclr) with OUT=`out`; reads its JSON."""
+def run_peers(script: str, out: str, timeout_s: float) -> dict:
+  """The peers' results: runs `script` (clip, simclr) with OUT=`out` and reads the JSON it
+  rewrites after each measurement. Past `timeout_s` the script and its children (torch.compile
+  workers) are killed and what it had written is kept, so a short lease still yields ratios;
+  a failure likewise keeps what was written. Unfinished runs are named under "peers_note"."""
   env = dict(os.environ, OUT=out, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-  subprocess.run([sys.executable, script, "clip", "simclr"], env=env, check=True)
-  with open(os.path.join(out, "peer_bench.json")) as f:
-    return json.load(f)
+  path = os.path.join(out, "peer_bench.json")
+  if os.path.exists(path):
+    os.remove(path)  # An earlier run's results must not pass for this one's.
+  proc = subprocess.Popen([sys.executable, script, "clip", "simclr"], env=env,
+                          start_new_session=True)
+  try:
+    code, note = proc.wait(timeout=timeout_s), None
+  except subprocess.TimeoutExpired:
+    code, note = None, f"stopped after {timeout_s:.0f} s (--peer_timeout_s)"
+  try:  # Whatever is left of the group (compile workers) would hold GPU memory.
+    os.killpg(proc.pid, signal.SIGKILL)
+  except ProcessLookupError:
+    pass
+  proc.wait()
+  if code:
+    note = f"exited with status {code}"
+  peers = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      peers = json.load(f)
+  if note:
+    peers["peers_note"] = f"{script} {note}; results it had written are kept"
+    print(peers["peers_note"], file=sys.stderr, flush=True)
+  return peers
 
 
-def run_ours(tiny: bool, steps: int, warmup: int) -> dict:
+def run_ours(tiny: bool, steps: int, warmup: int, done=lambda results: None) -> dict:
+  """benchmark.run of each workload; `done(results so far)` after each one."""
   from tools import benchmark
   results = {}
   for workload, _, _ in COMPARISONS:
@@ -56,13 +85,17 @@ def run_ours(tiny: bool, steps: int, warmup: int) -> dict:
     config = benchmark.load_config(workload=workload, overrides=overrides)
     results[workload] = benchmark.run(config, "synthetic", steps, warmup)
     print(benchmark.table(results[workload]), file=sys.stderr, flush=True)
+    done(results)
   return results
 
 
 def ratios(ours: dict, peers: dict) -> list:
-  """One row per comparison: our images/s over the peer's, compiled and eager."""
+  """One row per comparison (of the workloads measured so far): our images/s over the
+  peer's, compiled and eager."""
   rows = []
   for workload, peer, target in COMPARISONS:
+    if workload not in ours:
+      continue
     row = {"workload": workload, "peer": peer, "target": target,
            "ours_img_per_s": ours[workload]["images_per_s"], "ours_mfu": ours[workload]["mfu"]}
     for mode in ("compile", "eager"):
@@ -98,6 +131,9 @@ def main(argv=None):
   parser.add_argument("--tiny", action="store_true", help="test-sized models (CPU tests)")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--peer_timeout_s", type=float, default=360.0,
+                      help="stop the peers' script after this long and keep what it measured "
+                           "(the whole check must fit one device call)")
   args = parser.parse_args(argv)
   # JAX must not take the GPU's memory up front: torch ran there first and may still hold some.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -111,16 +147,21 @@ def main(argv=None):
       parser.error(f"--peer_bench={args.peer_bench} does not exist; copy "
                    "../shared/peers/peer_bench.py into the tree (e.g. .peers/) and name it, or "
                    "give --peer_json.")
-    peers = run_peers(args.peer_bench, args.out)
-  ours = run_ours(args.tiny, args.steps, args.warmup)
+    peers = run_peers(args.peer_bench, args.out, args.peer_timeout_s)
   import jax
   device = jax.devices()[0].device_kind
-  rows = ratios(ours, peers)
-  result = {"device": device, "jax": jax.__version__, "tiny": args.tiny, "ratios": rows,
-            "ours": ours, "peers": peers, "wall_s": time.time() - start}
-  with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  print(table(rows, device))
+
+  def save(ours: dict) -> dict:
+    """OUT/gpu_check.json with what has been measured so far (a cut-off run keeps it)."""
+    result = {"device": device, "jax": jax.__version__, "tiny": args.tiny,
+              "ratios": ratios(ours, peers), "ours": ours, "peers": peers,
+              "wall_s": time.time() - start}
+    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
+      json.dump(result, f, indent=1)
+    return result
+
+  result = save(run_ours(args.tiny, args.steps, args.warmup, done=save))
+  print(table(result["ratios"], device))
   return result
 
 
