@@ -8,7 +8,8 @@ Image-text records prepared with tfds as array_record (`tfds build NAME
 --file_format=array_record`), e.g. coco_captions (features image, captions/text); WebLI,
 the paper's data, is not public. ViT-B/16 with MAP pooling at 224 px; bidirectional
 B-sized text transformer pooled at the last token, 64 SentencePiece tokens; batch 32768
-with `loss.impl="ring"` (each device holds b×b logits, never b×N); t init 10, b init -10
+with `loss.impl="ring"` (each device holds b×b logits, never b×N) and `model.remat="full"`
+(the setting that fits v5e-256 and v4-64 at this batch); t init 10, b init -10
 (the paper's). Optimiser: AdamW, lr 1e-3, weight decay 1e-4, β2 = 0.95, gradient clipping
 at 1.0, warmup then cosine; these follow big_vision's public SigLIP configs, not a
 re-read of the paper. Not yet run with this codebase (no accelerator or WebLI here).
@@ -22,6 +23,9 @@ def get_config(arg=None):
   del arg
   c = b16_config("siglip")
   c.loss.impl = "ring"
+  # Without remat a pair needs 245 MB: 31 GiB per v5e chip at this batch on v5e-256
+  # (tools/aot_compile.py); with it, 5.5 GiB there (README, "Planning pod runs from a CPU").
+  c.model.remat = "full"
   return c
 
 
