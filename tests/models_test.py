@@ -148,15 +148,29 @@ def test_the_optimizer_updates_scanned_blocks_as_unrolled_ones():
                                   ".*set it to False"),
     ({"model.block_chunks": 2}, "config.model.block_chunks applies to transformer blocks.*set "
                                 "it to 1"),
+    ({**VIT, "model.block_chunks": 2}, "block_chunks=2 needs config.model.remat='full'"),
     # 32 over 8 devices and 2 micro-batches: 2 per device.
     ({**VIT, "mesh": [("data", 8)], "batch_size": 32, "micro_batches": 2,
-      "model.block_chunks": 4},
+      "model.block_chunks": 4, "model.remat": "full"},
      r"block_chunks=4 must divide each device's batch of 2 \(config.batch_size=32 over 8 "
      r"data-parallel shards and config.micro_batches=2\); use a divisor of 2"),
+    # MoCo's towers run per shuffle-BN group: 16 / 8 = 2 examples.
+    ({**VIT, "recipe": "moco_v3_digits", "batch_size": 16, "moco.bn_groups": 8,
+      "model.block_chunks": 4, "model.remat": "full"},
+     r"block_chunks=4 must divide each shuffle-BN group's 2 examples"),
 ])
 def test_bad_transformer_block_settings_fail_at_setup(overrides, message):
+  overrides = dict(overrides)
   with pytest.raises(ValueError, match=message):
-    run_lib.setup(tiny_config(**overrides), train_size=64)
+    run_lib.setup(tiny_config(overrides.pop("recipe", "simclr_digits"), **overrides),
+                  train_size=64)
+
+
+def test_a_two_tower_with_a_resnet_image_tower_chunks_its_text_tower():
+  """LiT with a locked ResNet: block_chunks is the text tower's (it is the one that trains)."""
+  run = run_lib.setup(tiny_config("lit_digits", **{"model.block_chunks": 2,
+                                                   "model.remat": "full"}), train_size=64)
+  assert run.method.model.text.block_chunks == 2 and run.method.model.image.remat == "full"
 
 
 @pytest.mark.parametrize("kind", ["vit", "vit_map", "text"])
@@ -183,10 +197,9 @@ def test_block_chunks_compute_what_whole_batch_blocks_compute(kind, remat, scan)
   params = jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(x)["params"]
   params = jax.tree.map(lambda p: p + 0.1 * jnp.sin(jnp.arange(p.size).reshape(p.shape)), params)
   chunked, _ = _tiny(kind, remat=remat, scan_layers=scan, block_chunks=2)
-  shapes = jax.eval_shape(lambda x: chunked.init(jax.random.PRNGKey(0), x, train=True), x)
-  assert jax.tree.structure(shapes["params"]) == jax.tree.structure(params)
   loss = lambda m: jax.jit(jax.value_and_grad(lambda p: _loss(m, x)(p, {})[0]))
   (want_value, want_grad), (value, grad) = loss(model)(params), loss(chunked)(params)
+  assert _flat(grad).keys() == _flat(want_grad).keys()  # The same parameter paths, all used.
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   for k, g in _flat(grad).items():
     np.testing.assert_allclose(g, _flat(want_grad)[k], rtol=1e-4, atol=1e-6, err_msg=k)

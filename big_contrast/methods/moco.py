@@ -97,6 +97,11 @@ class MoCo(base.Method):
     if config.batch_size % self.groups:
       raise ValueError(f"config.moco.bn_groups={self.groups} must divide config.batch_size="
                        f"{config.batch_size}.")
+    chunks = config.model.get("block_chunks", 1)
+    if (config.batch_size // self.groups) % chunks:  # The towers run per group.
+      raise ValueError(f"config.model.block_chunks={chunks} must divide each shuffle-BN "
+                       f"group's {config.batch_size // self.groups} examples "
+                       f"(config.batch_size / config.moco.bn_groups).")
     keys_per_step = config.batch_size * (2 if cfg.symmetric else 1)
     if cfg.queue_size and cfg.queue_size % keys_per_step:
       raise ValueError(f"config.moco.queue_size={cfg.queue_size} must be a multiple of the "

@@ -98,6 +98,16 @@ def _tower_kw(cfg) -> dict:
               block_chunks=int(cfg.get("block_chunks", 1)))
 
 
+def _transformer_kw(kw: dict) -> dict:
+  """`_tower_kw` of a transformer tower, whose block_chunks needs remat."""
+  if kw["block_chunks"] > 1 and kw["remat"] == "none":
+    raise ValueError(f"config.model.block_chunks={kw['block_chunks']} needs "
+                     "config.model.remat='full' (or 'dots'): without remat every slice's "
+                     "activations are kept for the backward pass anyway, and the slices only "
+                     "add copies.")
+  return kw
+
+
 def backbone(cfg, top=None):
   """Image backbone module from `config.model` (or `config.model.image` in a two-tower).
 
@@ -106,7 +116,8 @@ def backbone(cfg, top=None):
   """
   kw = _tower_kw(top or cfg)
   if cfg.name == "resnet":
-    if kw.pop("block_chunks") > 1:
+    # A two-tower's block_chunks is its text tower's; a ResNet alone has no use for it.
+    if kw.pop("block_chunks") > 1 and top is None:
       raise ValueError("config.model.block_chunks applies to transformer blocks (ViT, text "
                        "tower); a ResNet's BatchNorm needs the whole batch: set it to 1.")
     if kw.pop("scan_layers"):
@@ -116,7 +127,7 @@ def backbone(cfg, top=None):
                   **kw)
   if cfg.name == "vit":
     overrides = {k: cfg[k] for k in ("width", "depth", "heads", "pool", "posemb") if k in cfg}
-    return vit(cfg.variant, **kw, **overrides)
+    return vit(cfg.variant, **_transformer_kw(kw), **overrides)
   raise ValueError(f"config.model.name={cfg.name!r} is unknown; choose 'resnet' or 'vit'.")
 
 
@@ -129,7 +140,8 @@ def two_tower(cfg, vocab_size: int, pad_id: int, context_length: int, bias: bool
   t = cfg.text
   text = TextTransformer(vocab_size=vocab_size, width=t.width, depth=t.depth, heads=t.heads,
                          context_length=context_length, causal=t.get("causal", True),
-                         pool=t.get("pool", "last"), pad_id=pad_id, **_tower_kw(cfg))
+                         pool=t.get("pool", "last"), pad_id=pad_id,
+                         **_transformer_kw(_tower_kw(cfg)))
   return TwoTower(backbone(cfg.image, cfg), text, embed_dim=cfg.embed_dim,
                   temperature_init=cfg.temperature_init, bias_init=cfg.bias_init if bias else None,
                   **dtypes(cfg))
