@@ -44,6 +44,7 @@ def test_memory_figures_match_the_arguments_own_sizes(two_head_widths):
     assert roofline["step_s"] == pytest.approx(max(max(m["flops"], m["matmul_flops"]) / 197e12,
                                                    m["bytes_accessed"] / 819e9))
     assert roofline["images_per_s"] == pytest.approx(32 / roofline["step_s"])
+    assert not roofline["memory_term_lower_bound"]  # No loop in the step.
   narrow, wide = (r["per_chip"] for r in two_head_widths)
   # What the wider head adds per chip (its half of the kernels, BatchNorm and two Adam moments
   # of each) is tile-aligned: XLA's figure grows by exactly the arrays' own bytes.
@@ -102,10 +103,13 @@ def test_cli_prints_the_table_and_writes_json(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "tools.aot_compile", "--config=configs/siglip_digits.py",
        "--topology=v5e:2x2", "--set", "batch_size=16", "--set", "model.image.variant=Ti/8",
-       "--set", "model.text.depth=1", "--set", "loss.impl=ring",
-       f"--json={tmp_path / 'r.json'}"], cwd=ROOT, env=subprocess_env(1), text=True,
-      capture_output=True, timeout=600)
+       "--set", "model.text.depth=1", "--set", "loss.impl=ring", "--set", "model.remat=full",
+       "--set", "model.block_chunks=2", f"--json={tmp_path / 'r.json'}"], cwd=ROOT,
+      env=subprocess_env(1), text=True, capture_output=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((tmp_path / "r.json").read_text())
   assert result["method"] == "siglip" and result["mesh"] == {"data": 4}
   assert "siglip batch 16 on v5e:2x2 (4 chips" in out.stderr and "fits" in out.stderr
+  # The blocks loop over 2 slices of each chip's 4 pairs: XLA's bytes see one slice.
+  assert result["roofline"]["memory_term_lower_bound"]
+  assert "memory term a lower bound" in out.stderr
