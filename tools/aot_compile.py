@@ -13,8 +13,8 @@ max(FLOPs / bf16 peak, bytes / HBM bandwidth), from the chip's data sheet, and t
 that implies. FLOPs are the larger of XLA's count and the matmul count of the step's jaxpr
 (tools/benchmark.py) over the chips: XLA counts a loop body once, so with model.scan_layers,
 model.block_chunks or micro_batches its FLOPs and bytes see one iteration; the jaxpr count
-multiplies by the trip count, and the memory term is then a lower bound (reported as such). `--max_batch` bisects over compiles for the largest global batch
-that fits.
+multiplies by the trip count, and the memory term is then a lower bound (reported as such).
+`--max_batch` bisects over compiles for the largest global batch that fits.
 
 A recipe that reads its text tokenizer from a file compiles without the file: the token
 embedding gets `--vocab_size` rows (default: SentencePiece 32,000, as big_vision's c4_en
