@@ -55,6 +55,12 @@ TINY = {
 }
 
 
+def _remove_stale(path: str):
+  """An earlier run's file must not pass for this one's."""
+  if os.path.exists(path):
+    os.remove(path)
+
+
 def _write_json(path: str, obj):
   """Written whole or not at all: a run killed mid-write leaves the previous version."""
   with open(path + ".tmp", "w") as f:
@@ -93,8 +99,7 @@ def run_peers(script: str, out: str, timeout_s: float) -> dict:
   "peers_note"."""
   env = dict(os.environ, OUT=out, XLA_PYTHON_CLIENT_PREALLOCATE="false")
   path = os.path.join(out, "peer_bench.json")
-  if os.path.exists(path):
-    os.remove(path)  # An earlier run's results must not pass for this one's.
+  _remove_stale(path)
   code = ("import sys; sys.path.insert(0, sys.argv[3]); from tools import gpu_check; "
           "gpu_check.peer_child(sys.argv[1], sys.argv[2])")
   previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -124,17 +129,15 @@ def run_peers(script: str, out: str, timeout_s: float) -> dict:
   return peers
 
 
-def run_ours(tiny: bool, steps: int, warmup: int, done=lambda results: None) -> dict:
-  """benchmark.run of each workload; `done(results so far)` after each one."""
+def run_ours(tiny: bool, steps: int, warmup: int):
+  """(workload, benchmark.run result) of each workload, as each is measured."""
   from tools import benchmark
-  results = {}
   for workload, _, _ in COMPARISONS:
     overrides = [f"{k}={v!r}" for k, v in TINY[workload].items()] if tiny else []
     config = benchmark.load_config(workload=workload, overrides=overrides)
-    results[workload] = benchmark.run(config, "synthetic", steps, warmup)
-    print(benchmark.table(results[workload]), file=sys.stderr, flush=True)
-    done(results)
-  return results
+    result = benchmark.run(config, "synthetic", steps, warmup)
+    print(benchmark.table(result), file=sys.stderr, flush=True)
+    yield workload, result
 
 
 def ratios(ours: dict, peers: dict) -> list:
@@ -189,8 +192,7 @@ def main(argv=None):
   # JAX must not take the GPU's memory up front: torch ran there first and may still hold some.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   os.makedirs(args.out, exist_ok=True)
-  if os.path.exists(os.path.join(args.out, "gpu_check.json")):
-    os.remove(os.path.join(args.out, "gpu_check.json"))  # Not to pass for this run's.
+  _remove_stale(os.path.join(args.out, "gpu_check.json"))
   start = time.time()
   if args.peer_json:
     with open(args.peer_json) as f:
@@ -204,15 +206,14 @@ def main(argv=None):
   import jax
   device = jax.devices()[0].device_kind
 
-  def save(ours: dict) -> dict:
-    """OUT/gpu_check.json with what has been measured so far (a cut-off run keeps it)."""
+  ours = {}
+  for workload, measured in run_ours(args.tiny, args.steps, args.warmup):
+    ours[workload] = measured
+    # Rewritten after each workload: a run cut off later keeps what it measured.
     result = {"device": device, "jax": jax.__version__, "tiny": args.tiny,
               "ratios": ratios(ours, peers), "ours": ours, "peers": peers,
               "wall_s": time.time() - start}
     _write_json(os.path.join(args.out, "gpu_check.json"), result)
-    return result
-
-  result = save(run_ours(args.tiny, args.steps, args.warmup, done=save))
   print(table(result["ratios"], device))
   return result
 
