@@ -77,13 +77,20 @@ def check_batch_size(config, train_size: int):
         "lower config.batch_size or train on a larger dataset.")
 
 
+def batch_multiple(config, mesh) -> int:
+  """What config.batch_size must be a multiple of: the data-parallel shards, each device's
+  share split into micro-batches, and each of those into block slices."""
+  return (sharding.num_batch_shards(mesh) * config.get("micro_batches", 1) *
+          config.model.get("block_chunks", 1))
+
+
 def check_block_chunks(config, mesh):
   """Fails before any compile when each device's (micro-)batch does not split into
-  `config.model.block_chunks` slices."""
+  `config.model.block_chunks` slices (the shards and micro-batches are checked before)."""
   chunks = config.model.get("block_chunks", 1)
   per_device = config.batch_size // (sharding.num_batch_shards(mesh) *
                                      config.get("micro_batches", 1))
-  if per_device % chunks:
+  if config.batch_size % batch_multiple(config, mesh):
     raise ValueError(f"config.model.block_chunks={chunks} must divide each device's batch of "
                      f"{per_device} (config.batch_size={config.batch_size} over "
                      f"{sharding.num_batch_shards(mesh)} data-parallel shards and "

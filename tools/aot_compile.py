@@ -179,14 +179,12 @@ def max_batch(config, topology: str, vocab_size=None, limit: int = 2**20,
   A batch the config refuses (e.g. a queue size it must divide) counts as not fitting.
   Returns {"max_batch": N or 0, "tried": [(batch, fits, total bytes per chip)],
   "largest": the result of N}."""
+  from big_contrast import run as run_lib
   from big_contrast import sharding
   from configs import common
 
   _, devices = topology_devices(topology)
-  # Batches the config can split: over the data-parallel shards, then each device's share
-  # into micro-batches and block slices.
-  step = (sharding.num_batch_shards(sharding.make_mesh(config.mesh, devices)) *
-          config.get("micro_batches", 1) * config.model.get("block_chunks", 1))
+  step = run_lib.batch_multiple(config, sharding.make_mesh(config.mesh, devices))
   tried, best = [], None
 
   def fits(batch: int) -> bool:
