@@ -3,7 +3,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from conftest import tiny_config
@@ -26,6 +25,21 @@ def test_matmul_count_is_2mnk_and_scans_multiply():
   def body(c, _):
     return c @ w[:, :16], None
   assert _flops(lambda c: jax.lax.scan(body, c, None, length=5)[0], x[0]) == 5 * 2 * 8 * 16 * 16
+
+
+def test_loops_are_found_inside_jits_remat_and_shard_map():
+  from big_contrast import sharding
+  from big_contrast.losses import clip
+  loops = lambda f, *args: benchmark.has_loops(jax.make_jaxpr(f)(*args).jaxpr)
+  x = jnp.ones((8, 4))
+  scan = lambda c, n: jax.lax.scan(lambda c, _: (c * 2, None), c, None, length=n)[0]
+  assert not loops(lambda x: jnp.tanh(x @ x.T), x)
+  assert not loops(lambda x: scan(x, 1), x)  # One trip: XLA sees all of it.
+  assert loops(jax.jit(jax.checkpoint(lambda x: scan(x, 3).sum())), x)
+  assert loops(lambda x, n: jax.lax.fori_loop(0, n, lambda i, c: c + 1, x), x, 3)  # while
+  mesh = sharding.make_mesh([("data", 4)], jax.devices()[:4])  # A 3-step ring.
+  assert loops(lambda a, b: clip.sigmoid_clip_ring(a, b, 10.0, -10.0, mesh), x, x)
+  assert not loops(lambda a, b: clip.sigmoid_clip(a, b, 10.0, -10.0), x, x)
 
 
 @pytest.mark.parametrize("stride,padding", [(1, "VALID"), (2, "SAME"), (1, "SAME")])

@@ -11,9 +11,10 @@ program says: argument, output, temporary and aliased (donated) bytes, their tot
 the chip's HBM, FLOPs and bytes accessed; then a roofline step time,
 max(FLOPs / bf16 peak, bytes / HBM bandwidth), from the chip's data sheet, and the images/s
 that implies. FLOPs are the larger of XLA's count and the matmul count of the step's jaxpr
-(tools/benchmark.py) over the chips: XLA counts a loop body once, so with model.scan_layers,
-model.block_chunks or micro_batches its FLOPs and bytes see one iteration; the jaxpr count
-multiplies by the trip count, and the memory term is then a lower bound (reported as such).
+(tools/benchmark.py) over the chips: XLA counts a loop body once, so when the step loops
+(model.scan_layers, model.block_chunks, micro_batches, the ring loss) its FLOPs and bytes see
+one iteration; the jaxpr count multiplies by the trip count, and the memory term is then a
+lower bound (reported as such).
 `--max_batch` bisects over compiles for the largest global batch that fits.
 
 A recipe that reads its text tokenizer from a file compiles without the file: the token
@@ -141,9 +142,9 @@ def compile_step(config, topology: str, vocab_size: int | None = None) -> dict:
   compile_s = time.perf_counter() - start
   # XLA's cost analysis counts a loop body once (scan_layers runs the blocks as one); the
   # jaxpr count multiplies scans by their length. Split evenly over the chips.
-  flops, bytes_accessed, matmul_flops = benchmark.step_flops(run.train_step, compiled, state,
-                                                             batch)
-  matmul_flops /= run.mesh.size
+  cost = benchmark.step_flops(run.train_step, compiled, state, batch)
+  flops, bytes_accessed = cost.flops, cost.bytes_accessed
+  matmul_flops = cost.matmul_flops / run.mesh.size
   mem = compiled.memory_analysis()
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes +
            mem.temp_size_in_bytes)
@@ -153,14 +154,12 @@ def compile_step(config, topology: str, vocab_size: int | None = None) -> dict:
       argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
       alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
       total_bytes=total, flops=flops, matmul_flops=matmul_flops, bytes_accessed=bytes_accessed)
-  loops = (config.model.get("scan_layers", False) or config.model.get("block_chunks", 1) > 1
-           or config.get("micro_batches", 1) > 1)
   return dict(result, compile_s=compile_s, per_chip=per_chip,
               fits=total <= chip.hbm_gib * 2**30,
               roofline={"peak_tflops": chip.peak_tflops, "hbm_gbps": chip.hbm_gbps,
                         "step_s": step_s,
                         "bound": "compute" if compute_s >= step_s else "memory",
-                        "memory_term_lower_bound": bool(loops),
+                        "memory_term_lower_bound": cost.loops,
                         "images_per_s": config.batch_size / step_s if step_s else None})
 
 

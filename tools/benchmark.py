@@ -26,6 +26,7 @@ import math
 import statistics
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.extend.core  # ClosedJaxpr, Jaxpr: walked by jaxpr_flops
@@ -74,14 +75,35 @@ def jaxpr_flops(jaxpr) -> float:
   return total
 
 
-def step_flops(step_fn, compiled, *args) -> tuple[float, float, float]:
-  """(XLA's FLOPs, XLA's bytes accessed, the jaxpr matmul FLOPs) of a jitted step compiled
-  for `args`. XLA's counts are per device and see a loop body once; the jaxpr count is of
-  the whole (global) step, scans times their length."""
+class StepCost(NamedTuple):
+  """What a compiled step costs: XLA's FLOPs and bytes accessed (per device, a loop body
+  seen once), the jaxpr's matmul FLOPs (the whole global step, scans times their length) and
+  whether the step loops (`has_loops`), which makes XLA's bytes a lower bound."""
+  flops: float
+  bytes_accessed: float
+  matmul_flops: float
+  loops: bool
+
+
+def step_flops(step_fn, compiled, *args) -> StepCost:
+  """The StepCost of a jitted step compiled for `args`."""
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-  return (float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
-          jaxpr_flops(jax.make_jaxpr(step_fn)(*args).jaxpr))
+  jaxpr = jax.make_jaxpr(step_fn)(*args).jaxpr
+  return StepCost(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
+                  jaxpr_flops(jaxpr), has_loops(jaxpr))
+
+
+def has_loops(jaxpr) -> bool:
+  """Whether a jaxpr, sub-jaxprs included, runs a body more than once: a scan longer than one
+  (scan_layers, block_chunks, micro_batches, the ring loss) or a while loop."""
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "while" or (name == "scan" and eqn.params["length"] > 1):
+      return True
+    if any(has_loops(sub) for sub in _sub_jaxprs(eqn.params)):
+      return True
+  return False
 
 
 def _conv_flops(eqn) -> float:
@@ -178,7 +200,7 @@ def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
   lowered = train_step.lower(state, batch)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  xla_flops, _, matmul_flops = step_flops(train_step, compiled, state, batch)
+  cost = step_flops(train_step, compiled, state, batch)
   mem = compiled.memory_analysis()
 
   result = {
@@ -186,8 +208,8 @@ def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
       # The devices the step runs on: the run's mesh, not every device the process sees.
       "devices": run.mesh.size, "device_kind": run.mesh.devices.flat[0].device_kind,
       "backend": jax.default_backend(), "jax": jax.__version__, "data": data,
-      "compile_s": compile_s, "xla_flops_per_step": xla_flops,
-      "matmul_flops_per_step": matmul_flops,
+      "compile_s": compile_s, "xla_flops_per_step": cost.flops,
+      "matmul_flops_per_step": cost.matmul_flops,
       "params": int(sum(x.size for x in jax.tree.leaves(abstract["params"]))),
       "memory": {"argument_bytes": mem.argument_size_in_bytes,
                  "output_bytes": mem.output_size_in_bytes,
@@ -213,7 +235,7 @@ def run(config, data="synthetic", steps=20, warmup=3, peak_tflops=None) -> dict:
   peak = peak_tflops or next((v for k, v in PEAK_TFLOPS.items()
                               if k in result["device_kind"]), None)
   result["peak_tflops"] = peak
-  result["mfu"] = (matmul_flops / median / (peak * 1e12 * run.mesh.size)
+  result["mfu"] = (cost.matmul_flops / median / (peak * 1e12 * run.mesh.size)
                    if peak else None)
   stats = getattr(run.mesh.devices.flat[0], "memory_stats", lambda: None)()
   result["device_peak_bytes"] = (stats or {}).get("peak_bytes_in_use")
