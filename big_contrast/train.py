@@ -244,6 +244,7 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
   max_skipped = int(config.nonfinite_max_fraction * total_steps)
   batch_iter = batches.iterate(step) if step < total_steps else iter(())
   num_workers = config.data.get("num_workers", 0)
+  replaced_logged = 0  # Examples that stood in for unusable records, up to the last log.
   while True:
     waited = time.perf_counter()
     local_batch = next(batch_iter, None)
@@ -280,6 +281,10 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
     pending = [] if sync else pending[-1:]
     if log_now:
       extra = {"nonfinite_steps": int(ts["nonfinite_steps"])} if policy == "skip" else {}
+      replaced = _over_processes(batches.replaced)
+      if replaced > replaced_logged:
+        extra["replaced_examples"] = replaced - replaced_logged
+        replaced_logged = replaced
       logger.progress(step, {**metrics.average(history), "lr": float(run.lr_fn(step - 1)), **extra},
                       config.batch_size, num_workers, note=first_note)
       history, first_note = [], ""
@@ -307,5 +312,13 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
                  session=dict(steps=step - first_step, wall_time_s=time.time() - start_time),
                  checkpoint_dir=ckpt.directory, metrics_file=logger.jsonl_path,
                  tensorboard_dir=logger.tb_dir, train_state=ts,
-                 nonfinite_steps=int(ts["nonfinite_steps"]))
+                 nonfinite_steps=int(ts["nonfinite_steps"]),
+                 replaced_examples=_over_processes(batches.replaced))
   return results
+
+
+def _over_processes(count: int) -> int:
+  """The sum of every process's `count` (each reads its own rows of the batches)."""
+  if jax.process_count() == 1:
+    return count
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))

@@ -84,12 +84,19 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
   return image
 
 
+# Pillow's 16-bit (and 32-bit integer) grayscale modes: convert("RGB") clips them at 255.
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _pil_image(data: bytes) -> Image.Image:
   try:
     image = Image.open(io.BytesIO(data))
     image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _WIDE_GRAY:  # 16-bit samples: keep their 8 high bits.
+      image = Image.fromarray((np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8))
     # As torchvision's loader: palette, gray, alpha and CMYK images all become RGB.
-    return ImageOps.exif_transpose(image).convert("RGB")
+    return image.convert("RGB")
   except Exception as e:  # Pillow raises many types for broken files.
     raise DecodeError(f"{type(e).__name__}: {e}") from None
 
@@ -119,6 +126,8 @@ def header(data: bytes) -> Header:
     orientation = image.getexif().get(0x0112, 1)
   except Exception as e:
     raise DecodeError(f"{type(e).__name__}: {e}") from None
+  if orientation not in range(1, 9):  # exif_transpose ignores it too.
+    orientation = 1
   if orientation >= 5:
     height, width = width, height
   return Header(height, width, orientation, False)

@@ -12,8 +12,9 @@ tools/prepare_data.py (array_record shards; any size). `EncodedImages` turns eit
                       "captions"?}: every view its own random-resized crop of the
                       full-resolution image, from one decode (input_pipeline/decode.py)
 
-A record that does not decode is replaced by the next one that does (so shapes and batch
-sizes hold); each such record is logged with its key and counted in `skipped`.
+A record that cannot be read or does not decode is replaced by the next one that does
+(records.Replacer: shapes and batch sizes hold, the record is logged with its key and listed
+in `skipped`, and the example that stands in is marked records.REPLACED for the count).
 """
 import functools
 import json
@@ -25,9 +26,6 @@ import numpy as np
 
 from input_pipeline import decode
 from input_pipeline import records
-
-# How far to look for a decodable replacement before declaring the data broken.
-_MAX_REPLACEMENTS = 64
 
 
 class FolderRecords:
@@ -66,6 +64,7 @@ class PreparedRecords:
     self.class_names = tuple(manifest["class_names"])
     self.has_captions = manifest["has_captions"]
     self.skipped = manifest["splits"][split]["skipped"] if split in manifest["splits"] else []
+    self.split = split
     self._shards = records.split_shards(directory, manifest, split)
     self._source = grain.sources.ArrayRecordDataSource(self._shards)
 
@@ -85,7 +84,9 @@ class PreparedRecords:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict:
-    return records.decode_record(self._source[index])
+    # A torn shard or a damaged record: its own key is inside what cannot be read.
+    with records.bad_record(f"{self.split} record {index}"):
+      return records.decode_record(self._source[index])
 
 
 class EncodedImages:
@@ -97,44 +98,44 @@ class EncodedImages:
     self.with_captions = with_captions
     self.class_names = reader.class_names
     self.num_classes = len(reader.class_names)
-    self.skipped = list(reader.skipped)  # Each undecodable record once.
-    self._skipped_keys = {s["path"] for s in self.skipped}
+    self._replacer = records.Replacer(len(reader), reader.skipped)
+
+  @property
+  def skipped(self) -> list:
+    """Each record this process (or preparation) found unusable once: {"path", "reason"}."""
+    return self._replacer.skipped
 
   def __len__(self) -> int:
     return len(self.reader)
 
-  def _example(self, record: dict) -> dict:
-    out = {"label": np.int32(record["label"])}
+  def _example(self, record: dict, replaced: bool) -> dict:
+    out = {"label": np.int32(record["label"]), records.REPLACED: np.bool_(replaced)}
     if self.with_captions:
       out["captions"] = record["captions"]
     return out
 
   def _decoded(self, index: int, fn):
-    """(fn(record), record) of the first record from `index` on whose image decodes."""
-    for offset in range(_MAX_REPLACEMENTS):
-      record = self.reader[(index + offset) % len(self)]
+    """(fn(image bytes), record, replaced) of the first usable record from `index` on."""
+    def read(i):
+      record = self.reader[i]
       try:
         return fn(record["image"]), record
       except decode.DecodeError as e:
-        if record["key"] in self._skipped_keys:
-          continue
-        self._skipped_keys.add(record["key"])
-        self.skipped.append({"path": record["key"], "reason": str(e)})
-        logging.warning("Record %r does not decode (%s): replaced by the next one (%d records "
-                        "skipped in this process so far).", record["key"], e, len(self.skipped))
-    raise records.DataError(f"{_MAX_REPLACEMENTS} records in a row from {index} do not decode; "
-                            "the data is broken: prepare it again with tools.prepare_data.")
+        raise records.BadRecord(record["key"], f"does not decode: {e}") from None
+    (value, record), replaced = self._replacer.first_usable(index, read)
+    return value, record, replaced
 
   def __getitem__(self, index: int) -> dict:
-    image, record = self._decoded(index, lambda data: decode.center_view(data, self.image_size))
-    return {"image": image, **self._example(record)}
+    image, record, replaced = self._decoded(
+        index, lambda data: decode.center_view(data, self.image_size))
+    return {"image": image, **self._example(record, replaced)}
 
   def train_views(self, specs: tuple, index: int, rng: np.random.Generator) -> dict:
     """`specs` = (large view specs, small view specs); see the module docstring."""
     large, small = specs
-    views, record = self._decoded(
+    views, record, replaced = self._decoded(
         int(index), lambda data: decode.random_views(data, (*large, *small), rng))
-    out = {"views": np.stack(views[:len(large)]), **self._example(record)}
+    out = {"views": np.stack(views[:len(large)]), **self._example(record, replaced)}
     if small:
       out["small_views"] = np.stack(views[len(large):])
     return out

@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from sklearn import datasets
 
-from input_pipeline import digits, resize
+from input_pipeline import digits, records, resize
 
 DATASETS = ("digits_captions", "tfds_captions")  # Registered in input_pipeline/sources.py.
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven",
@@ -237,26 +237,35 @@ class TfdsImageTextSource:
             f"config.data.label_key={label_key!r} of {name} is a "
             f"{type(label).__name__}, not a ClassLabel.")
       self.num_classes, self.class_names = label.num_classes, tuple(label.names)
-    self.name, self.image_size = name, image_size
+    self.name, self.split, self.image_size = name, split, image_size
     self.image_key, self.text_key, self.label_key = (
         image_key, text_key, label_key)
+    self._replacer = records.Replacer(len(self._records))
 
   def __len__(self) -> int:
     return len(self._records)
 
+  def _example(self, index: int) -> dict[str, Any]:
+    key = f"{self.name} {self.split}[{index}]"
+    with records.bad_record(key):
+      record = self._records[index]
+      captions = tuple(_texts(_get(record, self.text_key)))
+      if not captions:  # The pipeline needs one to sample.
+        raise records.BadRecord(key, f"no caption under config.data.text_key="
+                                f"{self.text_key!r}")
+      label = _get(record, self.label_key) if self.label_key else -1
+      return {
+          "image": resize.center_square_resize(
+              _get(record, self.image_key), self.image_size),
+          "label": np.int32(label),
+          "captions": captions,
+      }
+
   def __getitem__(self, index: int) -> dict[str, Any]:
-    record = self._records[index]
-    captions = tuple(_texts(_get(record, self.text_key)))
-    if not captions:  # The pipeline needs one to sample.
-      raise ValueError(f"Example {index} of {self.name} has no caption under "
-                       f"config.data.text_key={self.text_key!r}.")
-    label = _get(record, self.label_key) if self.label_key else -1
-    return {
-        "image": resize.center_square_resize(
-            _get(record, self.image_key), self.image_size),
-        "label": np.int32(label),
-        "captions": captions,
-    }
+    """The example, or the next usable one for a record that cannot be read, decoded or has
+    no caption (records.Replacer)."""
+    example, replaced = self._replacer.first_usable(index, self._example)
+    return {**example, records.REPLACED: np.bool_(replaced)}
 
 
 def get_image_text_sources(data_cfg: ml_collections.ConfigDict) -> tuple[

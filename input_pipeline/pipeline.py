@@ -14,9 +14,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
-import ml_collections
 import numpy as np
 from absl import flags
+
+from input_pipeline import records
 
 
 Batch = dict[str, np.ndarray]
@@ -41,17 +42,24 @@ def _process_batches(examples: grain.MapDataset, global_batch_size: int,
 
 
 class TrainBatches:
-  """Local training batches indexed by step; see the module docstring."""
+  """Local training batches indexed by step; see the module docstring.
+
+  `replaced`: how many examples of the batches `iterate` has given stood in for an unusable
+  record (records.REPLACED, which it takes out of each batch): the workers that decode
+  keep their own logs, this count is the process's.
+  """
 
   def __init__(self, batches: grain.MapDataset, num_workers: int):
     self._batches = batches
     self._num_workers = num_workers
+    self.replaced = 0
 
   def __getitem__(self, step: int) -> Batch:
     return self._batches[step]
 
   def iterate(self, start_step: int = 0) -> Iterator[Batch]:
-    """Batches of steps start_step, start_step + 1, ... prefetched."""
+    """Batches of steps start_step, start_step + 1, ... prefetched. Closing the iterator
+    stops the worker processes."""
     batches = self._batches[start_step:].to_iter_dataset(_READ_OPTIONS)
     if self._num_workers:
       # Grain workers read absl flags, which raise if never parsed (as when
@@ -60,7 +68,17 @@ class TrainBatches:
         flags.FLAGS.mark_as_parsed()
       batches = batches.mp_prefetch(
           grain.MultiprocessingOptions(num_workers=self._num_workers))
-    return iter(batches)
+    return self._counted(iter(batches))
+
+  def _counted(self, batches) -> Iterator[Batch]:
+    try:
+      for batch in batches:
+        replaced = batch.pop(records.REPLACED, None)
+        if replaced is not None:
+          self.replaced += int(np.sum(replaced))
+        yield batch
+    finally:
+      getattr(batches, "close", lambda: None)()
 
 
 def with_text(tokenizer, example: dict[str, Any],

@@ -12,14 +12,18 @@ skipped input with its path and reason. grain's ArrayRecordDataSource reads the 
 random access and no TensorFlow.
 
 The readers here list what a user's ImageFolder tree, webdataset tars and CSV files hold;
-they fail with a DataError naming the path and the fix.
+they fail with a DataError naming the path and the fix. A record that cannot be used once
+training reads it (a torn shard, an image that does not decode, an example without a
+caption) raises BadRecord, and a Replacer stands the next usable record in for it.
 """
+import contextlib
 import csv
 import json
 import os
 import tarfile
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
+from absl import logging
 import msgpack
 
 FORMAT = "big_contrast.prepared"
@@ -31,6 +35,61 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 class DataError(ValueError):
   """A dataset on disk is missing or not what the reader expects; the message says the fix."""
+
+
+class BadRecord(ValueError):
+  """One record cannot be used (unreadable, undecodable, no caption); `key` names it."""
+
+  def __init__(self, key: str, reason: str):
+    super().__init__(reason)
+    self.key = key
+
+
+@contextlib.contextmanager
+def bad_record(key: str):
+  """Whatever reading and decoding one record raises becomes BadRecord(key): a torn
+  array_record chunk, msgpack's and the image decoders' errors have many types."""
+  try:
+    yield
+  except BadRecord:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise BadRecord(key, f"{type(e).__name__}: {e}") from None
+
+
+# Each example a replacing source gives carries this flag: True where it stands in for an
+# unusable record. The training loop pops it from every batch and counts (TrainBatches).
+REPLACED = "replaced"
+# How far to look for a usable replacement before declaring the data broken.
+MAX_REPLACEMENTS = 64
+
+
+class Replacer:
+  """Stands the next usable record in for each unusable one, so that shapes and batch sizes
+  hold. Each bad record is logged with its key and reason once per process and listed in
+  `skipped` (pre-filled with what preparation skipped)."""
+
+  def __init__(self, size: int, skipped: Sequence[dict] = ()):
+    self.size = size
+    self.skipped = list(skipped)
+    self._keys = {s["path"] for s in self.skipped}
+
+  def first_usable(self, index: int, read: Callable[[int], object]) -> tuple[object, bool]:
+    """(read(j), whether j != index) for the first j of index, index + 1, ... (cyclically)
+    whose read does not raise BadRecord."""
+    for offset in range(MAX_REPLACEMENTS):
+      try:
+        return read((index + offset) % self.size), offset > 0
+      except BadRecord as e:
+        if e.key in self._keys:
+          continue
+        self._keys.add(e.key)
+        self.skipped.append({"path": e.key, "reason": str(e)})
+        logging.warning("Record %r cannot be used (%s): replaced by the next one (%d records "
+                        "skipped in this process so far; each batch's count is logged as "
+                        "replaced_examples).", e.key, e, len(self.skipped))
+    raise DataError(f"{MAX_REPLACEMENTS} records in a row from {index} cannot be used; the "
+                    "data is broken: prepare it again with tools.prepare_data.")
 
 
 def encode_record(image: bytes, label: int = -1, captions: Sequence[str] = (),
@@ -86,8 +145,8 @@ def list_image_folder(split_dir: str, class_names: Sequence[str] | None = None):
 
 
 def webdataset_samples(tar_path: str) -> Iterator[dict]:
-  """The samples of one webdataset / img2dataset tar, in file order:
-  {"key", "image": bytes or None, "caption": str or None, "json": dict or None}.
+  """The samples of one webdataset / img2dataset tar, in file order: {"key", "image": bytes
+  or None, "caption": str or None, "error": why the sample cannot be used, or None}.
 
   Members are grouped by key (member_key).
   """
@@ -123,29 +182,38 @@ def member_key(name: str) -> tuple[str, str]:
 
 def _sample(key: str, members: dict) -> dict:
   image = next((members[e] for e in TAR_IMAGES if e in members), None)
-  caption = members.get("txt")
-  meta = members.get("json")
-  return {"key": key, "image": image,
-          "caption": caption.decode("utf-8").strip() if caption is not None else None,
-          "json": json.loads(meta) if meta else None}
+  caption, error = members.get("txt"), None
+  if caption is not None:
+    try:
+      caption = caption.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+      caption, error = None, f"caption is not UTF-8 text ({e.reason} at byte {e.start})"
+  return {"key": key, "image": image, "caption": caption, "error": error}
 
 
 def csv_rows(path: str, image_key: str = "filepath", caption_key: str = "title",
              separator: str = "\t") -> list[tuple[str, str]]:
-  """(image path, caption) rows of a CSV/TSV file (open_clip's --csv-img-key /
-  --csv-caption-key / --csv-separator); relative paths are relative to the file's folder."""
+  """(image path, caption) rows of a UTF-8 CSV/TSV file (open_clip's --csv-img-key /
+  --csv-caption-key / --csv-separator); relative paths are relative to the file's folder.
+  A field a short row lacks is "" (the path too: a row without an image path)."""
   if not os.path.isfile(path):
     raise DataError(f"CSV file {path!r} does not exist.")
   root = os.path.dirname(os.path.abspath(path))
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f, delimiter=separator)
-    missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or ())]
-    if missing:
-      raise DataError(
-          f"{path!r} has no column {', '.join(map(repr, missing))}; its columns are "
-          f"{reader.fieldnames} (separator {separator!r}). Name them with --csv_image_key / "
-          "--csv_caption_key and --csv_separator.")
-    return [(os.path.join(root, row[image_key]), row[caption_key]) for row in reader]
+  # utf-8-sig: spreadsheet programs begin a UTF-8 file with a byte-order mark.
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    try:
+      reader = csv.DictReader(f, delimiter=separator)
+      missing = [k for k in (image_key, caption_key) if k not in (reader.fieldnames or ())]
+      if missing:
+        raise DataError(
+            f"{path!r} has no column {', '.join(map(repr, missing))}; its columns are "
+            f"{reader.fieldnames} (separator {separator!r}). Name them with --csv_image_key / "
+            "--csv_caption_key and --csv_separator.")
+      rows = [(row[image_key] or "", row[caption_key] or "") for row in reader]
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
+                      f"e.g. iconv -f latin1 -t utf-8 < {path} > utf8.tsv") from None
+  return [(os.path.join(root, image) if image else "", caption) for image, caption in rows]
 
 
 def read_manifest(directory: str) -> dict:

@@ -11,6 +11,7 @@ is a separate step that does need TensorFlow to encode images:
 import numpy as np
 import tensorflow_datasets as tfds
 
+from input_pipeline import records
 from input_pipeline import resize
 
 
@@ -18,7 +19,8 @@ class TfdsSource:
   """Random-access source: i -> dict(image=uint8 [S, S, 3], label=int32).
 
   Every image is brought to one fixed size here (short-side resize + centre
-  crop) so that batches stack; random crops happen on the device.
+  crop) so that batches stack; random crops happen on the device. A record
+  that cannot be read or decoded is replaced (records.Replacer).
   """
 
   def __init__(self, name: str, split: str, image_size: int,
@@ -31,13 +33,20 @@ class TfdsSource:
     self.num_classes = label.num_classes
     self.class_names = tuple(label.names)
     self.image_size = image_size
+    self.name, self.split = name, split
+    self._replacer = records.Replacer(len(self._records))
 
   def __len__(self) -> int:
     return len(self._records)
 
+  def _example(self, index: int) -> dict[str, np.ndarray]:
+    with records.bad_record(f"{self.name} {self.split}[{index}]"):
+      record = self._records[index]
+      return {
+          "image": resize.center_square_resize(record["image"], self.image_size),
+          "label": np.int32(record["label"]),
+      }
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    record = self._records[index]
-    return {
-        "image": resize.center_square_resize(record["image"], self.image_size),
-        "label": np.int32(record["label"]),
-    }
+    example, replaced = self._replacer.first_usable(index, self._example)
+    return {**example, records.REPLACED: np.bool_(replaced)}

@@ -69,6 +69,26 @@ def test_every_mode_and_format_decodes_to_rgb_like_pillow(mode, fmt):
   assert _mean_abs(out, _pil(data)) < 1.0
 
 
+def test_sixteen_bit_gray_keeps_its_high_byte_instead_of_clipping_white():
+  # Pillow's own convert("RGB") clips these at 255: a gradient would come out nearly white.
+  gray = np.tile(np.linspace(0, 65535, 48).astype(np.uint16), (32, 1))
+  out = decode.decode(_encode(Image.fromarray(gray), "PNG"))
+  assert out.shape == (32, 48, 3)
+  for channel in range(3):
+    np.testing.assert_array_equal(out[..., channel], (gray >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_an_orientation_outside_exif_range_is_ignored_as_pillow_ignores_it(fmt):
+  stored = Image.fromarray(decode.decode(photos.jpeg(64, 40, seed=3)))
+  exif = Image.Exif()
+  exif[0x0112] = 9
+  data = _encode(stored, fmt, exif=exif.tobytes())
+  assert decode.header(data)[:3] == (40, 64, 1)
+  assert decode.center_view(data, 16).shape == (16, 16, 3)
+  assert _mean_abs(decode.decode(data), _pil(data)) < 1.0
+
+
 @pytest.mark.parametrize("data", [b"", b"not an image at all", b"\xff\xd8\xff" + bytes(50)],
                          ids=["empty", "text", "jpeg-magic-only"])
 def test_bytes_that_are_not_an_image_raise_decode_error(data):

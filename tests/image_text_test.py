@@ -319,3 +319,36 @@ def test_train_batches_carry_tokens_of_a_caption_that_changes_across_epochs():
   # Captions are drawn from each image's templates: many distinct texts over a few batches.
   texts = {tok.decode(t) for s in range(0, 400, 16) for t in batches[s]["text"]}
   assert len(texts) > 200
+
+
+class _Damaged:
+  """tfds records where index 1 cannot be read (a torn record, an image that does not decode)
+  and index 3 has no caption."""
+
+  def __init__(self, records_):
+    self.records = records_
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, index):
+    if index == 1:
+      raise RuntimeError("chunk data hash mismatch")
+    record = self.records[index]
+    return {**record, "captions": []} if index == 3 else record
+
+
+def test_tfds_records_that_cannot_be_used_are_replaced_and_counted(tfds_dir):
+  from input_pipeline import records, tfds_source
+  for source in (image_text.TfdsImageTextSource("tiny_captions", "train", 8, data_dir=tfds_dir,
+                                                text_key="captions"),
+                 tfds_source.TfdsSource("tiny_captions", "train", 8, data_dir=tfds_dir)):
+    intact = [source[i] for i in range(5)]
+    source._records = _Damaged(source._records)  # pylint: disable=protected-access
+    examples = [source[i] for i in range(5)]
+    bad = {1, 3} if "captions" in intact[0] else {1}
+    assert [bool(e.pop(records.REPLACED)) for e in examples] == [i in bad for i in range(5)]
+    for i, example in enumerate(examples):
+      np.testing.assert_array_equal(example["image"], intact[i + 1 if i in bad else i]["image"])
+    assert [s["path"] for s in source._replacer.skipped] == [  # pylint: disable=protected-access
+        f"tiny_captions train[{i}]" for i in sorted(bad)]

@@ -3,6 +3,7 @@ import filecmp
 import json
 import os
 import re
+import tarfile
 
 import pytest
 
@@ -139,3 +140,43 @@ def test_bad_inputs_exit_2_naming_the_path_and_the_fix_and_write_nothing(tmp_pat
     json.dump(manifest, f)
   with pytest.raises(records.DataError, match="prepare it again"):
     records.read_manifest(out)
+
+
+def test_a_bad_caption_or_row_skips_that_sample_alone(tmp_path):
+  # A webdataset tar whose second sample's caption is Latin-1: only that sample is skipped.
+  made = photos.webdataset_shards(str(tmp_path / "wds"), num_shards=1, per_shard=6, broken=False)
+  tar_path = made["files"][0]
+  with tarfile.open(tar_path) as tar:
+    members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+  bad_key = sorted(made["captions"])[1]
+  with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+    for name, data in members:
+      if name == f"{bad_key}.txt":
+        data = "un café noir".encode("latin-1")
+      photos._add(tar, name, data)  # pylint: disable=protected-access
+  manifest = prepare_data.prepare("webdataset", str(tmp_path / "wds"), str(tmp_path / "out"),
+                                  workers=1, progress=False)
+  train = manifest["splits"]["train"]
+  assert train["num_examples"] == 5 and [s["path"] for s in train["skipped"]] == [
+      f"00000.tar/{bad_key}"]
+  assert "caption is not UTF-8 text" in train["skipped"][0]["reason"]
+
+  # A CSV with a byte-order mark (as spreadsheets save UTF-8) and a short row.
+  table = photos.captions_csv(str(tmp_path / "csv"), n=4, broken=False)
+  lines = open(table["csv"], encoding="utf-8").read().splitlines()
+  short = lines[:2] + ["images/00001.jpg"] + lines[2:]
+  with open(table["csv"], "w", encoding="utf-8-sig") as f:
+    f.write("\n".join(short) + "\n" + "\t" + "a caption without an image\n")
+  manifest = prepare_data.prepare("csv", table["csv"], str(tmp_path / "csv_out"), workers=1,
+                                  progress=False)
+  train = manifest["splits"]["train"]
+  assert train["num_examples"] == 4
+  assert {s["path"]: s["reason"] for s in train["skipped"]} == {
+      "images/00001.jpg": "no caption", "captions.tsv line 7": "no image path"}
+
+  # A CSV that is not UTF-8 is named with the fix.
+  with open(table["csv"], "wb") as f:
+    f.write("filepath\ttitle\nimages/00000.jpg\tun café\n".encode("latin-1"))
+  with pytest.raises(records.DataError, match=r"is not UTF-8 text.*iconv"):
+    prepare_data.prepare("csv", table["csv"], str(tmp_path / "csv_out2"), workers=1,
+                         progress=False)

@@ -83,9 +83,32 @@ def test_broken_files_are_replaced_by_the_next_image_and_counted(folder):
   keys = [source.reader[i]["key"] for i in range(len(source))]
   n = len(keys)
   for i, key in enumerate(keys):
+    assert bool(examples[i][records.REPLACED]) == (key in info["broken"])
     if key in info["broken"]:
       j = next(j % n for j in range(i + 1, i + n) if keys[j % n] not in info["broken"])
       np.testing.assert_array_equal(examples[i]["image"], examples[j]["image"])
+
+
+def test_a_damaged_record_in_a_prepared_shard_is_replaced_and_counted(tmp_path, prepared):
+  out = str(tmp_path / "damaged")
+  shutil.copytree(prepared["image_folder"][0], out)
+  manifest = records.read_manifest(out)
+  shard = os.path.join(out, manifest["splits"]["val"]["shards"][0])
+  data = bytearray(open(shard, "rb").read())
+  second = data.find(b"\xff\xd8\xff", data.find(b"\xff\xd8\xff") + 3)  # Record 1's JPEG.
+  data[second + 100] ^= 0xFF  # Its chunk's hash no longer matches.
+  with open(shard, "wb") as f:
+    f.write(bytes(data))
+  intact = encoded.EncodedImages(encoded.PreparedRecords(prepared["image_folder"][0], "val"), 16)
+  source = encoded.EncodedImages(encoded.PreparedRecords(out, "val"), 16)
+  with pytest.raises(records.BadRecord, match="RuntimeError"):
+    source.reader[1]  # pylint: disable=pointless-statement
+  rng = lambda: np.random.default_rng(0)
+  views = source.train_views((LARGE, []), 1, rng())
+  assert views[records.REPLACED] and source.skipped == [
+      {"path": "val record 1", "reason": source.skipped[0]["reason"]}]
+  np.testing.assert_array_equal(views["views"], intact.train_views((LARGE, []), 2, rng())["views"])
+  assert not any(source[i][records.REPLACED] for i in (0, 2, 3))
 
 
 def test_exif_rotated_photos_come_upright(folder):
@@ -176,9 +199,14 @@ def test_train_batches_crop_every_view_on_the_host_and_are_a_function_of_step(fo
   assert batch["small_views"].shape == (8, 3, 8, 8, 3)
   assert not np.array_equal(batch["views"][:, 0], batch["views"][:, 1])
   again = pipeline.train_batches(_source(folder[0]), 8, seed=3, views=(LARGE, SMALL))
-  resumed = next(again.iterate(start_step=2))
-  for key in batch:
-    np.testing.assert_array_equal(batch[key], resumed[key])
+  iterator = again.iterate(start_step=2)
+  resumed = [next(iterator) for _ in range(4)]
+  # What iterate gives the step holds no replacement flags; it counts them.
+  assert set(batch) - set(resumed[0]) == {records.REPLACED}
+  for key in resumed[0]:
+    np.testing.assert_array_equal(batch[key], resumed[0][key])
+  counts = [int(again[step][records.REPLACED].sum()) for step in range(2, 6)]
+  assert again.replaced == sum(counts) > 0  # The tree holds broken files.
 
 
 class _Counting:
@@ -225,6 +253,12 @@ def test_simclr_trains_on_an_image_folder(tmp_path, folder, prepared, form):
   result = train.train_and_evaluate(_config(data), str(tmp_path))
   rows = [r for r in _rows(str(tmp_path)) if "loss" in r]
   assert [r["step"] for r in rows] == [1, 2, 3]
+  # Broken files are replaced as the in-place tree is read; preparation left them out.
+  from big_contrast import run as run_lib
+  batches = run_lib.setup(_config(data)).train_batches()
+  replaced = sum(int(batches[step][records.REPLACED].sum()) for step in range(3))
+  assert (replaced > 0) == (form == "in_place")
+  assert result["replaced_examples"] == sum(r.get("replaced_examples", 0) for r in rows) == replaced
   assert all(np.isfinite(r["loss"]) and 0 <= r["data_wait_frac"] <= 1 for r in rows[1:])
   # 12 val images of 3 classes: accuracies are multiples of 1/12.
   for key in ("eval/knn_top1", "eval/linear_probe_top1"):

@@ -194,7 +194,9 @@ def _plan_csv(path, image_key, caption_key, separator):
   if not rows:
     raise DataError(f"{path!r} has a header but no rows.")
   root = os.path.dirname(os.path.abspath(path)) + os.sep
-  items = [(p, c, p[len(root):] if p.startswith(root) else p) for p, c in rows]
+  # A row without an image path is named by its line (the header is line 1).
+  items = [(p, c, (p[len(root):] if p.startswith(root) else p) or
+            f"{os.path.basename(path)} line {i + 2}") for i, (p, c) in enumerate(rows)]
   if not any(os.path.isfile(p) for p, _, _ in items):
     raise DataError(f"No image that {path!r} lists exists ({len(items)} rows, the first "
                     f"{items[0][0]!r}); its paths are relative to the CSV file's folder.")
@@ -230,7 +232,7 @@ def _inputs(task):
   source = task["source"]
   if source in ("image_folder", "csv"):
     for path, value, key in task["items"]:
-      data, reason = _read(path)
+      data, reason = _read(path) if path else (None, "no image path")
       label, captions = (value, ()) if source == "image_folder" else (-1, (value,))
       if reason is None and source == "csv" and not value.strip():
         reason = "no caption"
@@ -240,8 +242,8 @@ def _inputs(task):
   try:
     for sample in records.webdataset_samples(tar):
       caption = sample["caption"]
-      reason = ("no image" if sample["image"] is None else
-                "no caption" if not caption else None)
+      reason = sample["error"] or ("no image" if sample["image"] is None else
+                                   "no caption" if not caption else None)
       yield (sample["image"], -1, (caption,) if caption else (), f"{base}/{sample['key']}",
              reason)
   except (OSError, tarfile.TarError, ValueError) as e:
