@@ -55,6 +55,18 @@ def test_every_digits_recipe_trains_a_few_steps(recipe, tmp_path):
   assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_step_keeps_the_train_states_dtypes_with_bfloat16_parameters(recipe):
+  # A state leaf that changes dtype (an EMA of bf16 weights promoted by a float32 momentum)
+  # makes every checkpoint unrestorable: its layout no longer matches the run's.
+  run = run_lib.setup(tiny_config(recipe, mesh=[("data", 1)], **{
+      "init_from.workdir": "", "model.param_dtype": "bfloat16", "model.dtype": "bfloat16"}))
+  new, _ = jax.eval_shape(run.train_step, run.abstract, run.batch_shapes())
+  dtypes = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda p, x: (jax.tree_util.keystr(p), str(x.dtype)), tree)
+  assert jax.tree.leaves(dtypes(new)) == jax.tree.leaves(dtypes(run.abstract))
+
+
 def test_enqueue_wraps_around():
   queue, ptr = jnp.zeros((8, 1)), jnp.int32(0)
   for i in range(3):

@@ -150,7 +150,9 @@ class MoCo(base.Method):
     m = momentum_at(step, cfg.momentum, cfg.get("momentum_final", cfg.momentum),
                     self.schedule.total_steps)
     ema = state["ema"]
-    ema_params = jax.tree.map(lambda e, p: m * e + (1 - m) * p, ema["params"],
+    # In the EMA's own dtype: the float32 momentum would promote bf16 weights, and a state
+    # of other dtypes than the run's cannot be restored.
+    ema_params = jax.tree.map(lambda e, p: (m * e + (1 - m) * p).astype(e.dtype), ema["params"],
                               {k: params[k] for k in ema["params"]})
     return params, {**state, "ema": {**ema, "params": ema_params}}
 
