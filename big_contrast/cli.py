@@ -137,14 +137,24 @@ def _config_file_problem(argv):
 
 def override_problems(argv, config) -> list:
   """Each --config.KEY=V whose KEY the recipe does not have, with the likely fix."""
-  known = set(run_config.flatten(config))
+  present = set(run_config.flatten(config))
+  known, declared = set(present), set()
   method = config.get("method")
   if method in run_config.methods.METHODS.names():
-    known |= set(run_config.settings.flatten(run_config.declared(method)))
+    declared = set(run_config.settings.flatten(run_config.declared(method)))
+    known |= declared
   keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  # A key or a whole section the recipe has is fine.
-  return [run_config.unknown_key_message(k, known, method) for k in keys
-          if k not in known and not any(n.startswith(k + ".") for n in known)]
+  problems = []
+  for k in keys:
+    if k in present or any(n.startswith(k + ".") for n in present):
+      continue  # A key or a whole section the recipe has is fine.
+    if k in declared:  # The recipe built its section for another model (a ViT's, not a ResNet's).
+      problems.append(f"--config.{k}: {method} declares it, but this recipe builds its "
+                      f"{k.rpartition('.')[0]} section without it, so the command line cannot "
+                      "set it; set it in a copy of the recipe.")
+    elif not any(n.startswith(k + ".") for n in known):
+      problems.append(run_config.unknown_key_message(k, known, method))
+  return problems
 
 
 def parse_flags(argv):

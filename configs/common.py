@@ -2,6 +2,7 @@
 what it changes (big_contrast/run_config.py assembles the defaults from the declarations)."""
 import ml_collections
 
+from big_contrast import models
 from big_contrast import run_config
 from input_pipeline import image_text
 
@@ -23,6 +24,16 @@ def override(config: ml_collections.ConfigDict, dotted: dict) -> ml_collections.
       target = target[p]
     target[leaf] = value
   return config
+
+
+def model_config(c: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """A `config.model` for another model than the declared default's backbone (a ViT where it
+  is a ResNet-50; a two-tower's own towers): `fields`, and every other declared key of
+  `c.model` (dtype, remat, scan_layers, block_chunks, head and predictor widths, ...) that
+  `fields` leaves out, so that `--config.model.KEY` overrides them as in any recipe."""
+  kept = {k: v for k, v in c.model.items()
+          if k not in models.BACKBONE_SETTINGS and not isinstance(v, ml_collections.ConfigDict)}
+  return ml_collections.ConfigDict({**kept, **fields})
 
 
 def base_config(method: str = "simclr") -> ml_collections.ConfigDict:
@@ -71,13 +82,13 @@ def image_text_digits_config(method: str) -> ml_collections.ConfigDict:
                    blur_prob=0.0, solarize_prob=0.0)
   c.text.tokenizer.update(name="bytes", length=48)
   # dtype, param_dtype and remat apply to both towers.
-  c.model = ml_collections.ConfigDict(dict(
-      name="two_tower", dtype="float32", param_dtype="float32", remat="none", embed_dim=64,
+  c.model = model_config(
+      c, name="two_tower", dtype="float32", param_dtype="float32", remat="none", embed_dim=64,
       image=ml_collections.ConfigDict(dict(name="vit", variant="Ti/4", width=64, depth=4,
                                            heads=4, pool="map", posemb="sincos2d")),
       text=ml_collections.ConfigDict(dict(width=64, depth=2, heads=4, causal=False,
                                           pool="last")),
-      temperature_init=1 / 0.07, bias_init=-10.0))
+      temperature_init=1 / 0.07, bias_init=-10.0)
   c.optimizer.update(name="adamw", lr=1e-3, weight_decay=1e-4, b2=0.95, grad_clip_norm=1.0,
                      warmup_epochs=2.0)
   c.eval.update(evaluators=("zero_shot", "retrieval", "knn"))

@@ -9,7 +9,6 @@ predictor, frozen random patch projection, BYOL's asymmetric views (blur 1.0 / 0
 solarize 0 / 0.2).
 Paper: 76.7% linear top-1. Not yet run with this codebase; the number is the paper's.
 """
-import ml_collections
 
 from configs import common
 
@@ -23,11 +22,11 @@ def get_config(arg=None):
                    hue=0.1)
   c.augment_views = ({"blur_prob": 1.0, "solarize_prob": 0.0},
                      {"blur_prob": 0.1, "solarize_prob": 0.2})
-  c.model = ml_collections.ConfigDict(dict(
-      name="vit", variant="B/16", pool="cls", posemb="sincos2d", dtype="bfloat16",
+  c.model = common.model_config(
+      c, name="vit", variant="B/16", pool="cls", posemb="sincos2d", dtype="bfloat16",
       param_dtype="float32", remat="none",
       head_hidden_dims=(4096, 4096), head_dim=256, head_last_bn=True,
-      predictor_hidden_dims=(4096,), predictor_last_bn=True))
+      predictor_hidden_dims=(4096,), predictor_last_bn=True)
   c.moco.update(momentum=0.99, momentum_final=1.0, queue_size=0, predictor=True,
                 symmetric=True)
   c.loss.temperature = 0.2

@@ -40,13 +40,13 @@ def b16_config(method: str):
   c.augment.update(crop_size=224, crop_scale=(0.9, 1.0), flip_prob=0.0, color_jitter_prob=0.0,
                    grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
   c.text.tokenizer.update(name="sentencepiece", length=64, path="")
-  c.model = ml_collections.ConfigDict(dict(
-      name="two_tower", dtype="bfloat16", param_dtype="float32", remat="none", embed_dim=768,
+  c.model = common.model_config(
+      c, name="two_tower", dtype="bfloat16", param_dtype="float32", remat="none", embed_dim=768,
       image=ml_collections.ConfigDict(dict(name="vit", variant="B/16", pool="map",
                                            posemb="learn")),
       text=ml_collections.ConfigDict(dict(width=768, depth=12, heads=12, causal=False,
                                           pool="last")),
-      temperature_init=10.0, bias_init=-10.0))
+      temperature_init=10.0, bias_init=-10.0)
   c.optimizer.update(name="adamw", lr=1e-3, lr_batch_scale=0, weight_decay=1e-4, b1=0.9,
                      b2=0.95, grad_clip_norm=1.0, warmup_epochs=0.5)
   c.eval.update(evaluators=("retrieval",), batch_size=1024)

@@ -524,6 +524,10 @@ CLI_ERRORS = [
      "(a typo?); config.optimizer has ['b1', "),
     (["--config=configs/moco_v2_digits.py", "--config.moco.queue_sise=8"], 2,
      "did you mean config.moco.queue_size?"),
+    # Declared, but the ViT recipe builds its model section without a ResNet's stem.
+    (["--config=configs/moco_v3_digits.py", "--config.model.stem=cifar"], 2,
+     "FATAL Flags parsing error: --config.model.stem: moco declares it, but this recipe builds "
+     "its model section without it"),
     (["--config=configs/moco_v2_digit.py"], 2, "FATAL Flags parsing error: --config=configs/"
                                                "moco_v2_digit.py: no such file; did you mean "
                                                "configs/moco_v2_digits.py?"),

@@ -27,6 +27,12 @@ def test_every_recipe_passes_the_checks_and_holds_only_its_methods_keys(recipe):
   others = {"moco", "swav", "nnclr", "text", "multicrop"} - {
       k.split(".")[0] for k in declared}
   assert not others & set(c), f"{recipe} holds sections of other methods: {others & set(c)}"
+  # --config.model.KEY overrides a key only where the recipe has it: a recipe that replaces
+  # its model section (a ViT, a two-tower) keeps every declared key but the backbone's.
+  from big_contrast import models
+  model_keys = {k.split(".")[1] for k in declared if k.startswith("model.")} - set(
+      models.BACKBONE_SETTINGS) - {"image", "text"}
+  assert model_keys <= set(c.model), f"{recipe} lacks model keys {model_keys - set(c.model)}"
 
 
 def test_defaults_hold_each_methods_own_sections():
