@@ -182,6 +182,7 @@ def error_message(e: Exception, workdir: str) -> str:
   prefix = f"process {index}: " if jax.process_count() > 1 else ""
   log = os.path.join(workdir, "log.txt" if index == 0 else f"log.process_{index}.txt")
   # A run refused at the lock wrote nothing; the log there is another run's.
-  logged = os.path.isfile(log) and not isinstance(e, train.WorkdirInUse)
+  logged = os.path.isfile(log) and not isinstance(e, (train.WorkdirInUse,
+                                                      train.WorkdirNotWritable))
   where = f"\n(The traceback is in {log}.)" if logged else ""
   return f"FATAL {prefix}{type(e).__name__}: {e}{where}"

@@ -70,6 +70,10 @@ class WorkdirInUse(RuntimeError):
   """Another process is training in this workdir."""
 
 
+class WorkdirNotWritable(PermissionError):
+  """The workdir cannot be created or written: nothing of this session is logged there."""
+
+
 class _WorkdirLock:
   """An exclusive lock on WORKDIR/lock while a run trains there (process 0 of the run holds
   it). flock: the kernel drops it when its holder dies, however it dies, so a stale lock never
@@ -85,8 +89,8 @@ class _WorkdirLock:
       os.makedirs(workdir, exist_ok=True)
       self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-      raise PermissionError(f"--workdir={workdir!r} cannot be written ({e.strerror}); choose a "
-                            "directory this user can write.") from None
+      raise WorkdirNotWritable(f"--workdir={workdir!r} cannot be written ({e.strerror}); "
+                               "choose a directory this user can write.") from None
 
   def acquire(self):
     try:

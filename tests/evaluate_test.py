@@ -104,7 +104,8 @@ def test_image_text_evaluators_need_an_image_text_method(tmp_path):
     train.train_and_evaluate(c, str(tmp_path))
 
 
-def test_evaluate_command_equals_the_in_training_evaluation_and_disturbs_nothing(tmp_path):
+def test_evaluate_command_equals_the_in_training_evaluation_and_disturbs_nothing(tmp_path,
+                                                                                 monkeypatch):
   """A checkpoint evaluated by `python -m big_contrast.evaluate` gives the in-training
   evaluation of its step; the reader leaves a running save's temporary directory alone."""
   import json
@@ -148,6 +149,16 @@ def test_evaluate_command_equals_the_in_training_evaluation_and_disturbs_nothing
                          "--config.eval.knn.kk=3"], cwd=root, env=subprocess_env(1),
                         capture_output=True, text=True, timeout=300)
   assert typo.returncode == 2 and "did you mean config.eval.knn.k?" in typo.stderr, typo.stderr
+  # A workdir that cannot take the results is refused before its checkpoint is even read.
+  import shutil
+  from big_contrast import checkpoint
+  blocked = str(tmp_path / "blocked")
+  shutil.copytree(workdir, blocked)
+  shutil.rmtree(os.path.join(blocked, "evaluations"))
+  open(os.path.join(blocked, "evaluations"), "w").close()
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore", lambda *_: pytest.fail("restored"))
+  with pytest.raises(PermissionError, match="cannot take the results"):
+    command.evaluate_workdir(saved, blocked)
 
 
 def test_sharded_knn_equals_the_unsharded_reference_on_8_devices():

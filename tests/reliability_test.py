@@ -485,7 +485,7 @@ def test_a_second_run_is_refused_naming_the_first_and_a_killed_holder_blocks_not
   assert f"pid {os.getpid()} on {socket.gethostname()}" in open(os.path.join(workdir, "lock")).read()
 
 
-def test_a_workdir_that_is_a_file_or_cannot_be_created_is_named(tmp_path):
+def test_a_workdir_that_is_a_file_or_cannot_be_created_is_named(tmp_path, monkeypatch):
   c = tiny_config(total_steps=2, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
   (tmp_path / "file").write_text("data")
   with pytest.raises(NotADirectoryError, match=r"--workdir='.*file' is a file; name a dir"):
@@ -494,6 +494,23 @@ def test_a_workdir_that_is_a_file_or_cannot_be_created_is_named(tmp_path):
                      r"a directory\); choose a directory"):
     train.train_and_evaluate(c, str(tmp_path / "file" / "run"))
   assert (tmp_path / "file").read_text() == "data"
+  # A finished run's workdir made read-only: its log.txt is an earlier session's, so the
+  # message does not point there for a traceback this session could not write.
+  from big_contrast import cli
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "log.txt").write_text("an earlier session\n")
+  monkeypatch.setattr(train.os, "open", _raise(PermissionError(13, "Permission denied")))
+  with pytest.raises(train.WorkdirNotWritable) as refused:
+    train.train_and_evaluate(c, str(tmp_path / "old"))
+  assert cli.error_message(refused.value, str(tmp_path / "old")) == (
+      f"FATAL WorkdirNotWritable: --workdir='{tmp_path / 'old'}' cannot be written (Permission "
+      "denied); choose a directory this user can write.")
+
+
+def _raise(error):
+  def fail(*_, **__):
+    raise error
+  return fail
 
 
 def test_a_torn_config_json_resumes_with_a_warning_and_errors_reach_log_txt(tmp_path, caplog):

@@ -48,15 +48,17 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
     step = steps[-1]
     if jax.process_count() > 1:  # A save in progress may show to some processes only.
       step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
-  if steps:
-    ts = reader.restore(step, checkpoint.abstract_like(run.abstract, run.state_sharding))
-    logging.info("Evaluating checkpoint %d of %s.", step, reader.directory)
-  elif init_from.requested(config.get("init_from")) and not step:
-    step, ts = 0, run.initial_state()
-  else:
+  if not steps and (step or not init_from.requested(config.get("init_from"))):
     raise ValueError(f"{workdir} has no checkpoints to evaluate: give the workdir of a "
                      "training run, or set config.init_from (e.g. "
                      "--config.init_from.torch.path=WEIGHTS) to evaluate imported weights.")
+  if jax.process_index() == 0:
+    _check_writable(workdir)
+  if steps:
+    ts = reader.restore(step, checkpoint.abstract_like(run.abstract, run.state_sharding))
+    logging.info("Evaluating checkpoint %d of %s.", step, reader.directory)
+  else:
+    step, ts = 0, run.initial_state()
   started = time.time()
   values = run.evaluate(ts)
   result = dict(step=step, metrics=values, evaluators=list(config.eval.evaluators),
@@ -67,6 +69,23 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
   logger.evaluation(step, values, config)
   logger.close()
   return result
+
+
+def _check_writable(workdir):
+  """The results go into the workdir: one that cannot take them is refused before the
+  checkpoint is read and anything compiles, not after the evaluation."""
+  folder = os.path.join(workdir, "evaluations")
+  try:
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f".writable.{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(
+        f"--workdir={workdir!r} cannot take the results ({e.strerror}): they are written to "
+        "its evaluations/ and metrics.jsonl. Copy its config.json and checkpoints/ to a "
+        "directory this user can write and evaluate that.") from None
 
 
 def _record(workdir, step, result, config) -> str:
