@@ -21,7 +21,7 @@ SETTINGS = dict(
     warmup_epochs=settings.number(10.0, low=0),
     min_lr_ratio=settings.number(0.0, low=0, high=1),
     grad_clip_norm=settings.number(0.0, low=0),
-    frozen=(),              # Regexes of parameter paths that get no updates.
+    frozen=settings.regexes(),  # Regexes of parameter paths that get no updates.
     b1=settings.optional(settings.number(None, low=0, high=1)),
     b2=settings.optional(settings.number(None, low=0, high=1)),
     eps=settings.optional(settings.positive(None)),
@@ -40,6 +40,16 @@ def decay_mask(params):
 def is_frozen(path, patterns) -> bool:
   """Whether a parameter's '/'-joined path fully matches one of the `frozen` regexes."""
   return any(re.fullmatch(p, sharding.path_name(path)) for p in patterns)
+
+
+def check_frozen(patterns, params):
+  """Fails naming each `frozen` regex that matches no parameter: a typo would otherwise
+  train the tower it meant to lock."""
+  paths = [sharding.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for pattern in patterns:
+    if not any(re.fullmatch(pattern, path) for path in paths):
+      raise ValueError(f"config.optimizer.frozen holds {pattern!r}, which matches no parameter "
+                       f"path in full; they look like {paths[:3]}.")
 
 
 def frozen_labels(params, patterns):

@@ -227,6 +227,7 @@ def setup(config, devices=None, train_size: int | None = None, tokenizer=None) -
                 nonfinite_steps=jnp.zeros((), jnp.int32))
 
   abstract = jax.eval_shape(init, init_rng)
+  optim.check_frozen(config.optimizer.get("frozen", ()), abstract["params"])
   state_sharding = sharding.param_shardings(abstract, mesh, config.sharding.rules,
                                             config.sharding.min_size)
   step_fn = functools.partial(_train_step, method, tx, tuple(config.optimizer.get("frozen", ())),

@@ -9,6 +9,7 @@ value checks, so no list of keys or ranges is written twice.
 """
 import dataclasses
 import difflib
+import re
 from typing import Any, Callable
 
 import ml_collections
@@ -98,6 +99,29 @@ def numbers(default, low=None, high=None, low_open=False, hint="") -> Setting:
     problems = [f"holds {x!r}, which {each(x)}" for x in v if each(x)]
     return problems[0] if problems else None
   return Setting(tuple(default), check, hint=hint)
+
+
+def regexes(default=(), pairs: bool = False) -> Setting:
+  """A tuple of regular expressions, or with `pairs` of (regex, template) pairs as re.sub
+  takes them; each is compiled by the check, so a bad one fails before anything runs."""
+  want = ("must be a tuple of (regex, template) pairs of strings" if pairs else
+          "must be a tuple of regex strings")
+
+  def check(v):
+    if not isinstance(v, (tuple, list)):
+      return f"{want}, e.g. ({v!r},)" if isinstance(v, str) and not pairs else want
+    for item in v:
+      ok = (isinstance(item, (tuple, list)) and len(item) == 2 and
+            all(isinstance(x, str) for x in item)) if pairs else isinstance(item, str)
+      if not ok:
+        return f"{want}; it holds {item!r}"
+      pattern = item[0] if pairs else item
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        return f"holds {pattern!r}, which is not a regular expression ({e})"
+    return None
+  return Setting(tuple(default), check)
 
 
 def _interval(low, high) -> Check:

@@ -79,6 +79,24 @@ def test_settings_checks_name_the_key_and_the_rule():
     assert message in str(e.value)
 
 
+def test_regex_settings_compile_each_pattern_and_frozen_ones_must_match():
+  spec = {"f": settings.regexes(), "r": settings.regexes(pairs=True)}
+  settings.check({"f": (r"image/.*",), "r": ((r"params/(.*)", r"params/\1"),)}, spec)
+  for flat, message in [({"f": "image/.*"}, "must be a tuple of regex strings, e.g. ('image/.*',)"),
+                        ({"f": ("backbone/(",)}, "holds 'backbone/(', which is not a regular "
+                                                 "expression (missing ), unterminated subpattern"),
+                        ({"r": ("foo",)}, "must be a tuple of (regex, template) pairs of strings; "
+                                          "it holds 'foo'"),
+                        ({"r": (("params/(.*", "x"),)}, "which is not a regular expression")]:
+    with pytest.raises(ValueError) as e:
+      settings.check(flat, spec)
+    assert message in str(e.value), str(e.value)
+  from big_contrast import run as run_lib
+  with pytest.raises(ValueError, match=r"config.optimizer.frozen holds 'backbon/.\*', which "
+                     r"matches no parameter path in full; they look like \['backbone/"):
+    run_lib.setup(tiny_config(**{"optimizer.frozen": (r"backbon/.*",)}))
+
+
 def test_settings_widths_overrides_and_hints():
   spec = {"dims": settings.widths((8,)), "n": settings.integer(2, low=2, hint="use more"),
           "views": settings.overrides({"prob": settings.probability(0.5), "k": 1}, "sec")}
