@@ -10,6 +10,7 @@ used.
 """
 import json
 import os
+import re
 import shutil
 import time
 
@@ -124,20 +125,21 @@ class Checkpointer:
 
   @classmethod
   def reader(cls, workdir: str):
-    """A Checkpointer that only reads (`restore`): it deletes, moves and writes nothing, so
-    it can read the checkpoints of a run that is still training there."""
+    """A Checkpointer that only reads (`restore`, `restore_host`): it deletes, moves and
+    writes nothing, so it can read the checkpoints of a run that is still training there."""
     self = cls.__new__(cls)
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.corrupt_directory, self.every_steps = None, 0
-    # Orbax warns that a read-only manager saves nothing, which is the point here.
+    # Orbax warns that a read-only manager saves nothing, which is the point here. On the
+    # logger, not absl's handler: outside an absl app (tools) Python's own handler prints.
     expected = lambda r: "read only" not in r.getMessage() and "read_only" not in r.getMessage()
-    logging.get_absl_handler().addFilter(expected)
+    logging.get_absl_logger().addFilter(expected)
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
           item_handlers=ocp.StandardCheckpointHandler())
     finally:
-      logging.get_absl_handler().removeFilter(expected)
+      logging.get_absl_logger().removeFilter(expected)
     return self
 
   def all_steps(self) -> list:
@@ -158,6 +160,32 @@ class Checkpointer:
       self._verify(step, restored)
     except CorruptCheckpoint as e:
       raise CorruptCheckpoint(f"Checkpoint {step} in {self.directory}: {e}.") from None
+    return restored
+
+  def restore_host(self, step: int) -> dict:
+    """Checkpoint `step` as host numpy arrays, in the layout it was saved with (no config
+    needed, any mesh it was saved on), checked against its digest. Raises ValueError for a
+    step that is not there and CorruptCheckpoint, naming the step, for one that cannot be
+    restored or differs from its digest."""
+    if step not in self._manager.all_steps():
+      raise ValueError(f"There is no checkpoint {step} in {self.directory}; it holds "
+                       f"{self.all_steps() or 'none'}.")
+    try:
+      metadata = self._manager.item_metadata(step)
+      if not jax.tree.leaves(metadata):  # Orbax reads a lost _METADATA as holding nothing.
+        raise CorruptCheckpoint("its metadata is missing or empty")
+      # numpy leaves make orbax restore on the host, whatever mesh wrote the checkpoint.
+      target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), metadata)
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+      self._verify(step, restored)
+    except CorruptCheckpoint as e:
+      raise CorruptCheckpoint(f"Checkpoint {step} in {self.directory}: {e}.") from None
+    except Exception as e:  # pylint: disable=broad-except
+      if _out_of_memory(e):
+        raise
+      # Orbax/TensorStore raise assorted types for missing, truncated or garbled files.
+      raise CorruptCheckpoint(f"Checkpoint {step} in {self.directory} cannot be restored "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:300]}).") from e
     return restored
 
   def latest_step(self):
@@ -224,8 +252,13 @@ class Checkpointer:
       return
     if status == 2:
       raise CorruptCheckpoint(f"its {DIGEST} cannot be read ({problem or 'on another host'})")
-    now = digest(restored)
-    bad = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+    # By canonical path: a restore shaped by the checkpoint's metadata (restore_host) gives
+    # optax's named tuples as dicts, ['opt_state'][0]['mu'] for ['opt_state'][0].mu.
+    now = {_canonical(k): v for k, v in digest(restored).items()}
+    names = {_canonical(k): k for k in saved}  # The reported names are the digest's own.
+    saved = {c: saved[k] for c, k in names.items()}
+    bad = sorted(names.get(k, k) for k in now.keys() | saved.keys()
+                 if now.get(k) != saved.get(k))
     if bad:
       raise CorruptCheckpoint(
           f"{len(bad)} of {len(now)} arrays differ from the digest written when it was saved "
@@ -276,6 +309,13 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+def _canonical(key: str) -> str:
+  """A digest key (jax.tree_util.keystr) as "a/0/b", whether its containers are dicts,
+  sequences or named tuples."""
+  return "/".join("".join(names) for names in re.findall(r"\['([^']*)'\]|\[(\d+)\]|\.(\w+)",
+                                                          key))
 
 
 def _shapes(tree) -> list:

@@ -22,9 +22,8 @@ import os
 import re
 
 import jax
-import numpy as np
-import orbax.checkpoint as ocp
 
+from big_contrast import checkpoint
 from big_contrast import models
 from big_contrast import settings
 from big_contrast import sharding
@@ -108,25 +107,42 @@ def check_source(cfg):
                      f"directory ({directory}); train the source run first.")
 
 
+def read_checkpoint(workdir: str, step: int) -> dict:
+  """{path: numpy array} of the params and state of checkpoint `step` of `workdir`, checked
+  against its digest (checkpoint.CorruptCheckpoint if it differs), transformer blocks
+  unrolled ("block{i}/...") whether or not the source scanned them."""
+  reader = checkpoint.Checkpointer.reader(workdir)
+  try:
+    # Restored on the host as numpy arrays: the source may have had another mesh.
+    restored = reader.restore_host(step)
+  finally:
+    reader.close()
+  return models.unstack_layers(_flat_state(restored))
+
+
 def read_source(cfg, config=None) -> dict:
   """{path: numpy array} of the source checkpoint's params and state (or PyTorch weights),
   transformer blocks unrolled ("block{i}/...") whether or not the source scanned them."""
   check_source(cfg)
   if _torch_source(cfg):
     return _read_torch(cfg, config)
-  directory = os.path.join(os.path.abspath(cfg.workdir), "checkpoints")
-  with ocp.CheckpointManager(directory) as manager:
-    step = cfg.get("step") or manager.latest_step()
-    if step not in manager.all_steps():
-      raise ValueError(f"config.init_from.step={cfg.get('step')} is not in {directory}; "
-                       f"available steps: {sorted(manager.all_steps())}.")
-    # Restored on the host as numpy arrays: the source may have had another mesh.
-    metadata = manager.item_metadata(step)
-    target = jax.tree.map(
-        lambda m: ocp.RestoreArgs(restore_type=np.ndarray) if hasattr(m, "shape") else None,
-        metadata)
-    restored = manager.restore(step, args=ocp.args.PyTreeRestore(restore_args=target))
-  return models.unstack_layers(_flat_state(restored))
+  reader = checkpoint.Checkpointer.reader(cfg.workdir)
+  steps = reader.all_steps()
+  reader.close()
+  if not steps:
+    raise ValueError(f"config.init_from.workdir={cfg.workdir!r} has no checkpoints yet; train "
+                     "the source run first.")
+  step = cfg.get("step") or steps[-1]
+  if step not in steps:
+    raise ValueError(f"config.init_from.step={step} is not a checkpoint of "
+                     f"{reader.directory}; available steps: {steps} (0: the latest).")
+  try:
+    return read_checkpoint(cfg.workdir, step)
+  except checkpoint.CorruptCheckpoint as e:
+    earlier = [s for s in steps if s < step]
+    fix = (f"Use an earlier one: config.init_from.step={earlier[-1]} (steps {steps})."
+           if earlier else "The source run has no earlier one: train it again.")
+    raise checkpoint.CorruptCheckpoint(f"{e} {fix}") from None
 
 
 def plan(cfg, abstract_state) -> dict:

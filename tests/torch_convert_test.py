@@ -1,6 +1,8 @@
 """Export to torchvision / timm / open_clip: strict loads, equal outputs, exact round trips."""
 import json
 import os
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from big_contrast import checkpoint
 from big_contrast import models
 from big_contrast import sharding
 from big_contrast import torch_convert as tc
@@ -344,3 +347,91 @@ def test_lit_locks_an_image_tower_loaded_from_torchvision_weights(tmp_path):
   c.model.image.depth = 50
   with pytest.raises(ValueError, match="not the architecture expected"):
     train.train_and_evaluate(c, str(tmp_path / "wrong"))
+
+
+# The export command on a run stored in bfloat16 (ViT MoCo v3: backbone, head and predictor),
+# with checkpoints at steps 1 and 2.
+
+@pytest.fixture(name="bf16_run", scope="module")
+def bf16_run_fixture(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("bf16_run"))
+  c = tiny_config("moco_v3_digits", total_steps=2, mesh=[("data", 1)], **{
+      "model.param_dtype": "bfloat16", "checkpoint.every_steps": 1, "eval.evaluators": ()})
+  train.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def _fatal(capsys) -> str:
+  """The one FATAL line the command wrote to stderr."""
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FATAL")]
+  assert len(lines) == 1, lines
+  return lines[0]
+
+
+def test_cli_exports_a_bf16_run_as_bf16_with_its_step(bf16_run, tmp_path):
+  from safetensors.torch import load_file
+  out = str(tmp_path / "out")
+  export_pytorch.main(["--workdir", bf16_run, "--out", out, "--pt"])
+  with open(os.path.join(out, "export.json")) as f:
+    assert json.load(f)["step"] == 2  # The latest, by number.
+  for stem in ("model", "head", "predictor"):
+    st, pt = load_file(os.path.join(out, f"{stem}.safetensors")), torch.load(
+        os.path.join(out, f"{stem}.pt"), weights_only=True)
+    assert set(st) == set(pt)
+    for k in st:
+      assert pt[k].dtype == st[k].dtype and torch.equal(pt[k], st[k]), (stem, k)
+  assert load_file(os.path.join(out, "model.safetensors"))["cls_token"].dtype == torch.bfloat16
+  export_pytorch.load_torch(out)  # Loads strictly into the float32 timm model.
+  # Exported again into the same directory, without --pt: the old .pt files go.
+  export_pytorch.main(["--workdir", bf16_run, "--out", out, "--step=1"])
+  with open(os.path.join(out, "export.json")) as f:
+    assert json.load(f)["step"] == 1
+  assert not os.path.exists(os.path.join(out, "model.pt"))
+
+
+def test_a_failed_export_leaves_no_files(bf16_run, tmp_path, monkeypatch):
+  def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(torch, "save", disk_full)
+  with pytest.raises(OSError, match="No space left"):
+    export_pytorch.main(["--workdir", bf16_run, "--out", str(tmp_path / "out"), "--pt"])
+  assert os.listdir(tmp_path) == []  # Neither the export nor its staging directory.
+  # A previous export in --out stays whole.
+  export_pytorch.main(["--workdir", bf16_run, "--out", str(tmp_path / "out"), "--step=1"])
+  before = sorted(os.listdir(tmp_path / "out"))
+  with pytest.raises(OSError, match="No space left"):
+    export_pytorch.main(["--workdir", bf16_run, "--out", str(tmp_path / "out"), "--pt"])
+  assert sorted(os.listdir(tmp_path)) == ["out"]
+  assert sorted(os.listdir(tmp_path / "out")) == before
+  with open(tmp_path / "out" / "export.json") as f:
+    assert json.load(f)["step"] == 1
+
+
+def test_export_usage_errors_name_the_flag(bf16_run, tmp_path, capsys):
+  out = str(tmp_path / "out")
+  for argv, message in [
+      (["--workdir", bf16_run, "--step=5"], r"^FATAL --step=5 is not a checkpoint .* \[1, 2\]"),
+      (["--workdir", str(tmp_path / "nowhere")], r"^FATAL --workdir=.*nowhere' does not exist"),
+      (["--workdir", str(tmp_path)], r"^FATAL --workdir=.* has no config.json")]:
+    with pytest.raises(SystemExit) as e:
+      export_pytorch.main(argv + ["--out", out])
+    assert e.value.code == 2
+    line = _fatal(capsys)
+    assert re.search(message, line) and "--config" not in line, line
+  assert not os.path.exists(out)
+
+
+def test_a_checkpoint_that_differs_from_its_digest_is_not_exported(bf16_run, tmp_path, capsys):
+  damaged = tmp_path / "damaged"
+  shutil.copytree(bf16_run, damaged)
+  path = damaged / "checkpoints" / "2" / checkpoint.DIGEST
+  sums = json.loads(path.read_text())
+  sums[next(k for k in sums if "kernel" in k)][1] += 1  # As if a bit of it flipped on disk.
+  path.write_text(json.dumps(sums))
+  with pytest.raises(SystemExit) as e:
+    export_pytorch.main(["--workdir", str(damaged), "--out", str(tmp_path / "out")])
+  assert e.value.code == 1
+  line = _fatal(capsys)
+  assert re.search(r"CorruptCheckpoint: Checkpoint 2 .* 1 of \d+ arrays differ from the digest",
+                   line) and "--step=1" in line, line
+  assert sorted(os.listdir(tmp_path)) == ["damaged"]

@@ -8,7 +8,9 @@ Writes OUT/model.safetensors (the backbone, or the whole two-tower model), OUT/h
 OUT/export.json, which says which PyTorch model each file loads into with
 `load_state_dict(strict=True)` and how to build it. `--pt` also writes torch .pt state dicts.
 Two-towers tokenized with CLIP's BPE also get its merges file and open_clip's tokenizer.
-The run's architecture is read from WORKDIR/config.json (written by the training loop).
+The run's architecture is read from WORKDIR/config.json (written by the training loop). The
+checkpoint (--step, default the latest) is checked against its content digest first, and the
+files are written beside OUT and moved into place once complete: a failed export writes none.
 
 In PyTorch (with this repository importable; otherwise follow export.json by hand):
   from tools.export_pytorch import load_torch, load_tokenizer
@@ -20,10 +22,13 @@ import argparse
 import gzip
 import json
 import os
+import shutil
+import sys
+import tempfile
 
-import ml_collections
 import numpy as np
 
+from big_contrast import checkpoint
 from big_contrast import init_from
 from big_contrast import methods
 from big_contrast import run_config
@@ -118,6 +123,99 @@ def export_tokenizer(tok_cfg, out_dir: str) -> dict:
   return info
 
 
+def _fail(message: str, code: int):
+  """One line on stderr, then exit `code`: 2 for wrong flags, 1 for what the run holds."""
+  sys.stderr.write(f"FATAL {message}\n")
+  sys.exit(code)
+
+
+def _read_run(workdir: str):
+  """(config, checkpoint steps) of the run in `workdir`; exits 2 naming --workdir if it is
+  not a training run's workdir with a checkpoint."""
+  if not os.path.isdir(workdir):
+    _fail(f"--workdir={workdir!r} does not exist; name a training run's workdir (the one "
+          "holding config.json and checkpoints/).", 2)
+  path = os.path.join(workdir, "config.json")
+  try:  # run_config.read_saved's own errors suggest --config, which this tool has not.
+    with open(path) as f:
+      json.load(f)
+  except FileNotFoundError:
+    _fail(f"--workdir={workdir!r} has no config.json; name the workdir of a training run of "
+          "this project (the loop writes config.json there).", 2)
+  except ValueError as e:
+    _fail(f"--workdir={workdir!r}: {path} is not valid JSON ({e}); the export reads the "
+          "run's architecture from it.", 2)
+  steps = (checkpoint.Checkpointer.reader(workdir).all_steps()
+           if os.path.isdir(os.path.join(workdir, "checkpoints")) else [])
+  if not steps:
+    _fail(f"--workdir={workdir!r} has no checkpoints yet; export it once the run has saved "
+          "one.", 2)
+  return run_config.read_saved(workdir), steps
+
+
+def _torch_tensor(x: np.ndarray):
+  """`x` as a torch tensor of its dtype. torch.from_numpy cannot take ml_dtypes' bfloat16:
+  its bits go through as int16 and are viewed as torch.bfloat16 (exact, no copy)."""
+  import torch
+  if not x.flags.writeable:  # Restored arrays may be read-only; torch warns of those.
+    x = x.copy()
+  if x.dtype.name == "bfloat16":
+    return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+  return torch.from_numpy(x)
+
+
+def _write(stage: str, files: dict, manifest: dict, pt: bool, tokenizer=None):
+  """The export's files into the directory `stage`, export.json last."""
+  from safetensors.numpy import save_file  # Writes ml_dtypes' bfloat16 as BF16.
+  for stem, (state_dict, info) in files.items():
+    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+    save_file(arrays, os.path.join(stage, f"{stem}.safetensors"),
+              metadata={"big_contrast": json.dumps(info)})
+    if pt:
+      import torch
+      torch.save({k: _torch_tensor(v) for k, v in arrays.items()},
+                 os.path.join(stage, f"{stem}.pt"))
+    manifest["files"][f"{stem}.safetensors"] = info
+  if tokenizer is not None:
+    manifest["tokenizer"] = export_tokenizer(tokenizer, stage)
+  with open(os.path.join(stage, "export.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+
+
+def _listed(manifest_path: str) -> set:
+  """The files the export described by `manifest_path` wrote (none if it is not one)."""
+  try:
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    stems = [name.removesuffix(".safetensors") for name in manifest["files"]]
+    bpe = manifest.get("tokenizer", {}).get("kwargs", {}).get("bpe_path")
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return set()
+  names = {stem + ext for stem in stems for ext in (".safetensors", ".pt")} | {bpe}
+  return {n for n in names if n and os.path.basename(n) == n}
+
+
+def _move_into_place(stage: str, out: str):
+  """The complete export in `stage` moved to `out`: renamed where `out` is new. Into an
+  existing `out`, the old export.json goes first and the new one last, so no moment shows
+  new files under an old description; files only the old export wrote (a model.pt of an
+  earlier --pt) are removed, anything else there is left alone."""
+  if not os.path.exists(out):
+    os.rename(stage, out)
+    return
+  old = os.path.join(out, "export.json")
+  stale = _listed(old)
+  if os.path.exists(old):
+    os.remove(old)
+  new = os.listdir(stage)
+  for name in stale - set(new):
+    if os.path.isfile(os.path.join(out, name)):
+      os.remove(os.path.join(out, name))
+  for name in sorted(new, key=lambda n: n == "export.json"):
+    os.replace(os.path.join(stage, name), os.path.join(out, name))
+  os.rmdir(stage)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True, help="the training run's workdir")
@@ -128,28 +226,38 @@ def main(argv=None):
   parser.add_argument("--pt", action="store_true", help="also write torch .pt state dicts")
   args = parser.parse_args(argv)
 
-  config = run_config.read_saved(args.workdir)
-  source = ml_collections.ConfigDict(dict(workdir=args.workdir, step=args.step))
-  flat = init_from.read_source(source)
-  files = export_run(config, flat, args.part)
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    _fail(f"--out={args.out!r} is a file; name a directory.", 2)
+  config, steps = _read_run(args.workdir)
+  step = args.step or steps[-1]
+  if step not in steps:
+    _fail(f"--step={args.step} is not a checkpoint of {args.workdir}; its steps are {steps} "
+          "(--step=0: the latest).", 2)
+  try:
+    flat = init_from.read_checkpoint(args.workdir, step)
+    files = export_run(config, flat, args.part)
+  except checkpoint.CorruptCheckpoint as e:
+    earlier = [s for s in steps if s < step]
+    fix = (f"export an earlier one, e.g. --step={earlier[-1]} (steps {steps})" if earlier else
+           "the run has no earlier checkpoint to export")
+    _fail(f"CorruptCheckpoint: {e} Nothing was exported; {fix}.", 1)
+  except ValueError as e:  # What the run's model or method cannot be exported as, and why.
+    _fail(f"{type(e).__name__}: {e} Nothing was exported.", 1)
 
-  from safetensors.numpy import save_file
-  os.makedirs(args.out, exist_ok=True)
-  manifest = {"source": os.path.abspath(args.workdir), "step": args.step or "latest",
+  manifest = {"source": os.path.abspath(args.workdir), "step": step,
               "method": config.method, "preprocessing": preprocessing(config), "files": {}}
-  for stem, (state_dict, info) in files.items():
-    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
-    save_file(arrays, os.path.join(args.out, f"{stem}.safetensors"),
-              metadata={"big_contrast": json.dumps(info)})
-    if args.pt:
-      import torch
-      torch.save({k: torch.from_numpy(v) for k, v in arrays.items()},
-                 os.path.join(args.out, f"{stem}.pt"))
-    manifest["files"][f"{stem}.safetensors"] = info
-  if methods.METHODS.get(config.method).export == "two_tower" and args.part == "auto":
-    manifest["tokenizer"] = export_tokenizer(config.text.tokenizer, args.out)
-  with open(os.path.join(args.out, "export.json"), "w") as f:
-    json.dump(manifest, f, indent=2)
+  two_tower = methods.METHODS.get(config.method).export == "two_tower" and args.part == "auto"
+  # Written beside --out and moved into place when complete: an export that fails (a dtype
+  # torch refuses, a full disk, Ctrl-C) leaves no partial export that looks complete.
+  out = os.path.abspath(args.out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
+  try:
+    _write(stage, files, manifest, args.pt, config.text.tokenizer if two_tower else None)
+    _move_into_place(stage, out)
+  except BaseException:
+    shutil.rmtree(stage, ignore_errors=True)
+    raise
   for name, info in manifest["files"].items():
     print(f"{os.path.join(args.out, name)}: {info['constructor']} "
           f"{info.get('name', '')} ({info['output']})")
