@@ -30,7 +30,7 @@ from big_contrast import sharding
 
 # `config.init_from`: a source workdir (and step), or PyTorch weights; see the docstring.
 SETTINGS = dict(
-    workdir="", step=settings.integer(0, low=0), rules=(),
+    workdir="", step=settings.integer(0, low=0), rules=settings.regexes(pairs=True),
     torch=dict(path="", library=settings.choice("", ("", "torchvision", "timm", "open_clip")),
                model="model"))
 

@@ -91,6 +91,9 @@ def test_regex_settings_compile_each_pattern_and_frozen_ones_must_match():
     with pytest.raises(ValueError) as e:
       settings.check(flat, spec)
     assert message in str(e.value), str(e.value)
+  with pytest.raises(ValueError, match=r"config.init_from.rules='foo': must be a tuple of "
+                     r"\(regex, template\) pairs"):
+    settings.check({"init_from.rules": "foo"}, run_config.declared("clip"))
   from big_contrast import run as run_lib
   with pytest.raises(ValueError, match=r"config.optimizer.frozen holds 'backbon/.\*', which "
                      r"matches no parameter path in full; they look like \['backbone/"):
