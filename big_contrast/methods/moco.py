@@ -73,6 +73,10 @@ def grouped_forward(model, params, model_state, x, groups, perm=None, **kw):
   return out, jax.tree.map(lambda s: s.mean(0), states)
 
 
+def _float32(x):
+  return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.copy(x)
+
+
 @base.register("moco")
 class MoCo(base.Method):
   export = "encoder"
@@ -112,7 +116,9 @@ class MoCo(base.Method):
     params, model_state = base.init_model(self.model, rng, self.eval_view(images))
     ema = {"params": {k: v for k, v in params.items() if k != "predictor"},
            "model": model_state}
-    state = {"model": model_state, "ema": jax.tree.map(jnp.copy, ema)}
+    # The momentum encoder in float32 whatever the parameters' dtype: at m >= 0.99 a bf16
+    # average rounds most of each (1 - m)(p - e) step away and stalls.
+    state = {"model": model_state, "ema": jax.tree.map(_float32, ema)}
     if self.config.moco.queue_size:
       state.update(random_queue(jax.random.fold_in(rng, 1), self.config.moco.queue_size,
                                 self.config.model.head_dim))
@@ -150,8 +156,7 @@ class MoCo(base.Method):
     m = momentum_at(step, cfg.momentum, cfg.get("momentum_final", cfg.momentum),
                     self.schedule.total_steps)
     ema = state["ema"]
-    # In the EMA's own dtype: the float32 momentum would promote bf16 weights, and a state
-    # of other dtypes than the run's cannot be restored.
+    # In the EMA's own dtype: a state of other dtypes than the run's cannot be restored.
     ema_params = jax.tree.map(lambda e, p: (m * e + (1 - m) * p).astype(e.dtype), ema["params"],
                               {k: params[k] for k in ema["params"]})
     return params, {**state, "ema": {**ema, "params": ema_params}}
