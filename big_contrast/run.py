@@ -47,10 +47,11 @@ def _train_step(method, tx, frozen, micro_batches, mesh, ts, batch):
   params = optax.apply_updates(ts["params"], updates)
   params, state = method.after_update(params, state, ts["step"])
   step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-  # A step with any non-finite metric (a NaN/inf gradient makes grad_norm non-finite) changes
-  # nothing but the step and the count: the state stays the last finite one, whatever
-  # config.nonfinite then does on the host.
-  finite = jnp.all(jnp.stack([jnp.isfinite(v).all() for v in step_metrics.values()]))
+  # A step with any non-finite metric (a NaN/inf gradient makes grad_norm non-finite) or
+  # parameter (an optimizer's own 0/0) changes nothing but the step and the count: the state
+  # stays the last finite one, whatever config.nonfinite then does on the host.
+  finite = jnp.all(jnp.stack([jnp.isfinite(v).all() for v in
+                              [*step_metrics.values(), *jax.tree.leaves(params)]]))
   updated = dict(params=params, state=state, opt_state=opt_state)
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
                       {k: ts[k] for k in updated})

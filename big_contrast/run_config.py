@@ -121,12 +121,38 @@ def check(config):
   settings.check(flat, spec)
   for tower, cfg in _vits(config):
     check_vit(config, tower, cfg)
+  _check_combinations(config)
   if config.optimizer.name == "lars" and config.get("model", {}).get("scan_layers"):
     # optax.lars takes one trust ratio per array: a scanned stack would share one across
     # its layers, which the unrolled model does not.
     raise ValueError("config.optimizer.name='lars' with config.model.scan_layers=True would "
                      "scale all layers of a scanned stack by one trust ratio; set "
                      "config.model.scan_layers=False, or use adamw or lion.")
+
+
+def _check_combinations(config):
+  """What each key allows alone but the run cannot do together."""
+  for i, view in enumerate(config.get("augment_views", ())):
+    if view.get("crop_size", config.augment.crop_size) != config.augment.crop_size:
+      raise ValueError(
+          f"config.augment_views[{i}].crop_size={view['crop_size']}: the views of a batch share "
+          f"config.augment.crop_size={config.augment.crop_size} (they are stacked and encoded "
+          "together); drop it, or use config.multicrop for smaller extra views (SwAV).")
+  model = config.get("model", {})
+  text = model.get("text", {}) if model.get("name") == "two_tower" else {}
+  if text and text.get("width", 1) % text.get("heads", 1):
+    fits = [h for h in range(1, min(text.width, 32) + 1) if text.width % h == 0]
+    raise ValueError(f"config.model.text.heads={text.heads}: must divide the text width "
+                     f"{text.width} (config.model.text.width); use one of {fits}.")
+  eps = config.optimizer.get("eps") or 1e-8
+  if (model.get("param_dtype") == "float16" and config.optimizer.name == "adamw" and
+      eps < 2**-14):
+    raise ValueError(
+        f"config.model.param_dtype='float16' with config.optimizer.name='adamw': its eps "
+        f"{eps:g} is below float16's smallest normal number, so a parameter whose gradient is "
+        "0 gets a 0/0 update and turns NaN at the first step. Set config.optimizer.eps=1e-4, "
+        "or store parameters in 'float32' or 'bfloat16' (model.dtype='float16' computes in "
+        "float16 either way).")
 
 
 def _vits(config) -> list:
@@ -170,6 +196,10 @@ def check_vit(config, tower: str, cfg):
           f"over; use {fits}, or a variant whose patch divides {size}.")
   width, _, heads = models.VARIANTS[name]
   width, heads = cfg.get("width") or width, cfg.get("heads") or heads
+  if (cfg.get("posemb") or "sincos2d") == "sincos2d" and width % 4:
+    raise ValueError(f"config.{tower}.width={width}: must be a multiple of 4 for "
+                     f"config.{tower}.posemb='sincos2d' (sine and cosine of both axes); use "
+                     f"{width - width % 4 or 4} or {width - width % 4 + 4}, or posemb='learn'.")
   if width % heads:
     fits = [h for h in range(1, min(width, 32) + 1) if width % h == 0]
     raise ValueError(f"config.{tower}.heads={heads}: must divide the ViT width {width} "

@@ -31,6 +31,11 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> jax.sharding.Mes
   if unknown:
     raise ValueError(f"config.mesh={list(axes)} names axes {unknown}; mesh axes are "
                      f"{MESH_AXES} (e.g. (('data', -1),)).")
+  if len(set(names)) < len(names):
+    raise ValueError(f"config.mesh={list(axes)} names an axis twice; name each once.")
+  if any(s < 1 and s != -1 for s in sizes):
+    raise ValueError(f"config.mesh={list(axes)}: each axis size must be >= 1, or -1 for the "
+                     "remaining devices.")
   if sizes.count(-1) > 1:
     raise ValueError(f"config.mesh={list(axes)} has more than one -1 axis; at most one "
                      "axis can take the remaining devices.")

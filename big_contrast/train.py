@@ -169,12 +169,14 @@ def _check_finite(pending, policy, ckpt):
       continue
     bad = {k: float(v) for k, v in sorted(m.items(), key=lambda kv: kv[0] != "loss")
            if k != "finite" and not np.isfinite(v).all()}  # The loss first.
+    # Finite metrics: the optimizer's update itself made parameters non-finite.
+    what = f"{', '.join(bad)} ({bad})" if bad else "parameters after the update"
     if policy == "skip":
       logging.warning("Step %d: non-finite %s; skipped (config.nonfinite='skip'): the state "
-                      "is the previous step's.", step, bad)
+                      "is the previous step's.", step, what)
       continue
     raise NonFiniteError(
-        f"Step {step}: non-finite {', '.join(bad)} ({bad}). Nothing from this step was "
+        f"Step {step}: non-finite {what}. Nothing from this step was "
         f"applied or saved; the last checkpoint (step {ckpt.latest_step()}) is untouched. "
         "Lower config.optimizer.lr, set config.optimizer.grad_clip_norm, check the data, or "
         "set config.nonfinite='skip' to skip such steps (they are counted).")

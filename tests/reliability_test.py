@@ -208,6 +208,24 @@ def test_skipping_stops_when_more_than_the_allowed_fraction_of_steps_is_skipped(
     train.train_and_evaluate(c, str(tmp_path))
 
 
+def test_an_update_that_makes_parameters_nonfinite_is_not_applied(tmp_path, monkeypatch):
+  # Finite loss and gradients, NaN parameters: an optimizer's own 0/0 (adamw's eps underflows
+  # in float16 storage) is caught as a non-finite step, not checkpointed.
+  import optax
+  from big_contrast import optim
+  make = optim.make
+
+  def nan_updates(*args, **kw):
+    tx, lr = make(*args, **kw)
+    return optax.chain(tx, optax.stateless(lambda u, _: jax.tree.map(lambda x: x * jnp.nan,
+                                                                      u))), lr
+  monkeypatch.setattr(optim, "make", nan_updates)
+  c = tiny_config(total_steps=2, mesh=ONE_DEVICE, **{"eval.evaluators": ()})
+  with pytest.raises(train.NonFiniteError, match=r"Step 1: non-finite parameters after the "
+                     r"update\. Nothing from this step was applied"):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
 # --- checkpoints that cannot be restored -----------------------------------------------------
 
 def _damage(workdir, step):
@@ -438,6 +456,18 @@ BAD_CONFIGS = [
     ("simclr_digits", {"init_from.workdir": "/nonexistent/run"},
      "config.init_from.workdir='/nonexistent/run' does not exist; set it to the workdir"),
     ("swav_digits", {"swav.num_prototypes": 0}, "config.swav.num_prototypes=0: must be"),
+    ("simclr_digits", {"mesh": [("data", 2), ("data", -1)]}, "names an axis twice"),
+    ("simclr_digits", {"mesh": [("data", 0), ("fsdp", -1)]},
+     "each axis size must be >= 1, or -1 for the remaining devices"),
+    ("clip_digits", {"model.text.heads": 3},
+     "config.model.text.heads=3: must divide the text width 16 (config.model.text.width)"),
+    ("clip_digits", {"model.image.width": 18, "model.image.heads": 2},
+     "config.model.image.width=18: must be a multiple of 4 for config.model.image.posemb="
+     "'sincos2d'"),
+    ("simclr_digits", {"augment_views": ({}, {"crop_size": 4})},
+     "config.augment_views[1].crop_size=4: the views of a batch share config.augment.crop_size"),
+    ("simclr_digits", {"model.param_dtype": "float16"},
+     "config.model.param_dtype='float16' with config.optimizer.name='adamw': its eps 1e-08"),
 ]
 
 
