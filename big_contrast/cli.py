@@ -6,6 +6,7 @@ run from their environment (`detected_cluster`); otherwise give
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (explicit), or
   --distributed                                                      (auto, e.g. Cloud TPU VMs)
 """
+import ast
 import difflib
 import importlib.util
 import os
@@ -135,6 +136,39 @@ def _config_file_problem(argv):
   return None
 
 
+def _declared_absent(argv) -> tuple[list, dict]:
+  """(argv without them, {key: value}) of the --config.KEY=VALUE overrides of keys the run
+  declares but its recipe does not hold (optional settings such as optimizer.eps, or keys a
+  recipe that builds its own model section leaves out): config_flags can only override what
+  the recipe holds, so these are set after it parsed the rest."""
+  values = flag_values(argv, "config")
+  if not values:
+    return argv, {}
+  config = _load_recipe(values[-1])
+  method = config.get("method")
+  if method not in run_config.methods.METHODS.names():
+    return argv, {}
+  present = set(run_config.flatten(config))
+  declared = set(run_config.settings.flatten(run_config.declared(method)))
+  keep, absent = [], {}
+  for a in argv:
+    key, eq, value = a[len("--config."):].partition("=") if a.startswith("--config.") else (
+        "", "", "")
+    if eq and key in declared and key not in present:
+      absent[key] = _literal(value)
+    else:
+      keep.append(a)
+  return keep, absent
+
+
+def _literal(text: str):
+  """A flag's value as Python reads it (1e-4, True, (1, 2)); else the string itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def override_problems(argv, config) -> list:
   """Each --config.KEY=V whose KEY the recipe does not have, with the likely fix."""
   present = set(run_config.flatten(config))
@@ -148,10 +182,9 @@ def override_problems(argv, config) -> list:
   for k in keys:
     if k in present or any(n.startswith(k + ".") for n in present):
       continue  # A key or a whole section the recipe has is fine.
-    if k in declared:  # The recipe built its section for another model (a ViT's, not a ResNet's).
-      problems.append(f"--config.{k}: {method} declares it, but this recipe builds its "
-                      f"{k.rpartition('.')[0]} section without it, so the command line cannot "
-                      "set it; set it in a copy of the recipe.")
+    if k in declared:  # Only a saved config.json (evaluate) gets here: parse_flags sets them.
+      problems.append(f"--config.{k}: {method} declares it, but the run's saved config does "
+                      "not hold it; evaluate with --config=RECIPE to set it.")
     elif not any(n.startswith(k + ".") for n in known):
       problems.append(run_config.unknown_key_message(k, known, method))
   return problems
@@ -163,7 +196,21 @@ def parse_flags(argv):
   problem = _config_file_problem(argv)
   if problem is None:
     try:
-      return app.parse_flags_with_usage(argv)
+      kept, absent = _declared_absent(argv)
+      # config_flags reads its overrides from sys.argv itself.
+      sys.argv[:] = [a for a in sys.argv if a in kept or not a.startswith("--config.")]
+      rest = app.parse_flags_with_usage(kept)
+      if absent:  # Checked with the rest of the config when the run sets up.
+        config = flags.FLAGS["config"].value
+        config.unlock()
+        for key, value in absent.items():
+          *parents, leaf = key.split(".")
+          section = config
+          for name in parents:
+            section = section[name]
+          section[leaf] = value
+        config.lock()
+      return rest
     except (AttributeError, KeyError) as e:
       values = flag_values(argv, "config")
       problems = override_problems(argv, _load_recipe(values[-1])) if values else []

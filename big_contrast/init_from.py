@@ -22,6 +22,8 @@ import os
 import re
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from big_contrast import checkpoint
 from big_contrast import models
@@ -133,6 +135,8 @@ def read_source(cfg, config=None) -> dict:
     raise ValueError(f"config.init_from.workdir={cfg.workdir!r} has no checkpoints yet; train "
                      "the source run first.")
   step = cfg.get("step") or steps[-1]
+  if jax.process_count() > 1:  # A save in progress may show to some processes only.
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
   if step not in steps:
     raise ValueError(f"config.init_from.step={step} is not a checkpoint of "
                      f"{reader.directory}; available steps: {steps} (0: the latest).")

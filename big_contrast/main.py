@@ -38,8 +38,9 @@ def summary(results: dict) -> str:
     lines.append(f"  skipped      {results['nonfinite_steps']} of {results['step']} steps had a "
                  "non-finite loss or gradient and were not applied (config.nonfinite='skip')")
   if results.get("replaced_examples"):
-    lines.append(f"  replaced     {results['replaced_examples']} training examples of this session stood in for "
-                 "records that could not be read or decoded (each logged with its key)")
+    lines.append(f"  replaced     {results['replaced_examples']} training examples of this "
+                 "session stood in for records that could not be read or decoded (each logged "
+                 "with its key)")
   for when in ("init", "final"):
     if when in results:
       accs = "  ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in results[when].items())

@@ -29,7 +29,7 @@ from input_pipeline import sources
 from input_pipeline import tokenizers
 
 
-def _train_step(method, tx, frozen, micro_batches, mesh, ts, batch):
+def _train_step(method, tx, frozen, micro_batches, mesh, check_params, ts, batch):
   # The step's randomness depends only on (seed, step): resuming is exact.
   rng = jax.random.fold_in(ts["rng"], ts["step"])
   if micro_batches > 1:
@@ -47,11 +47,13 @@ def _train_step(method, tx, frozen, micro_batches, mesh, ts, batch):
   params = optax.apply_updates(ts["params"], updates)
   params, state = method.after_update(params, state, ts["step"])
   step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-  # A step with any non-finite metric (a NaN/inf gradient makes grad_norm non-finite) or
-  # parameter (an optimizer's own 0/0) changes nothing but the step and the count: the state
-  # stays the last finite one, whatever config.nonfinite then does on the host.
-  finite = jnp.all(jnp.stack([jnp.isfinite(v).all() for v in
-                              [*step_metrics.values(), *jax.tree.leaves(params)]]))
+  # A step with any non-finite metric (a NaN/inf gradient makes grad_norm non-finite) changes
+  # nothing but the step and the count: the state stays the last finite one, whatever
+  # config.nonfinite then does on the host. `check_params` (float16 storage, where an
+  # optimizer's own arithmetic can underflow to 0/0) also checks the updated parameters;
+  # elsewhere that check would hold the new state in a second buffer until it is done.
+  checked = [*step_metrics.values(), *(jax.tree.leaves(params) if check_params else ())]
+  finite = jnp.all(jnp.stack([jnp.isfinite(v).all() for v in checked]))
   updated = dict(params=params, state=state, opt_state=opt_state)
   kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
                       {k: ts[k] for k in updated})
@@ -232,7 +234,8 @@ def setup(config, devices=None, train_size: int | None = None, tokenizer=None) -
   state_sharding = sharding.param_shardings(abstract, mesh, config.sharding.rules,
                                             config.sharding.min_size)
   step_fn = functools.partial(_train_step, method, tx, tuple(config.optimizer.get("frozen", ())),
-                              config.get("micro_batches", 1), mesh)
+                              config.get("micro_batches", 1), mesh,
+                              config.model.get("param_dtype") == "float16")
   train_step = jax.jit(step_fn,
                        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                        out_shardings=(state_sharding, sharding.replicated(mesh)),

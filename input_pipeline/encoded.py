@@ -39,6 +39,7 @@ class FolderRecords:
     # of a prepared copy does.
     self.root = os.path.dirname(os.path.normpath(split_dir))
     self.skipped = []
+    self.fix = f"check the images under {split_dir}, or prepare them with tools.prepare_data"
 
   def __len__(self):
     return len(self.paths)
@@ -65,6 +66,7 @@ class PreparedRecords:
     self.has_captions = manifest["has_captions"]
     self.skipped = manifest["splits"][split]["skipped"] if split in manifest["splits"] else []
     self.split = split
+    self.fix = f"prepare {directory} again with tools.prepare_data"
     self._shards = records.split_shards(directory, manifest, split)
     self._source = grain.sources.ArrayRecordDataSource(self._shards)
 
@@ -98,7 +100,7 @@ class EncodedImages:
     self.with_captions = with_captions
     self.class_names = reader.class_names
     self.num_classes = len(reader.class_names)
-    self._replacer = records.Replacer(len(reader), reader.skipped)
+    self._replacer = records.Replacer(len(reader), reader.skipped, reader.fix)
 
   @property
   def skipped(self) -> list:

@@ -240,7 +240,9 @@ class TfdsImageTextSource:
     self.name, self.split, self.image_size = name, split, image_size
     self.image_key, self.text_key, self.label_key = (
         image_key, text_key, label_key)
-    self._replacer = records.Replacer(len(self._records))
+    self._replacer = records.Replacer(
+        len(self._records), fix=f"check config.data.image_key / text_key against {name}'s "
+        "features, or build it again with tfds build")
 
   def __len__(self) -> int:
     return len(self._records)

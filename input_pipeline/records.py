@@ -69,10 +69,12 @@ class Replacer:
   hold. Each bad record is logged with its key and reason once per process and listed in
   `skipped` (pre-filled with what preparation skipped)."""
 
-  def __init__(self, size: int, skipped: Sequence[dict] = ()):
+  def __init__(self, size: int, skipped: Sequence[dict] = (),
+               fix: str = "prepare it again with tools.prepare_data"):
     self.size = size
     self.skipped = list(skipped)
     self._keys = {s["path"] for s in self.skipped}
+    self._fix = fix  # What to do when the data is broken beyond replacing.
 
   def first_usable(self, index: int, read: Callable[[int], object]) -> tuple[object, bool]:
     """(read(j), whether j != index) for the first j of index, index + 1, ... (cyclically)
@@ -81,15 +83,16 @@ class Replacer:
       try:
         return read((index + offset) % self.size), offset > 0
       except BadRecord as e:
+        last = e
         if e.key in self._keys:
           continue
         self._keys.add(e.key)
         self.skipped.append({"path": e.key, "reason": str(e)})
         logging.warning("Record %r cannot be used (%s): replaced by the next one (%d records "
-                        "skipped in this process so far; each batch's count is logged as "
-                        "replaced_examples).", e.key, e, len(self.skipped))
-    raise DataError(f"{MAX_REPLACEMENTS} records in a row from {index} cannot be used; the "
-                    "data is broken: prepare it again with tools.prepare_data.")
+                        "skipped in this process so far).", e.key, e, len(self.skipped))
+    raise DataError(f"{MAX_REPLACEMENTS} records in a row from {index} cannot be used, the "
+                    f"last {last.key!r}: {last}. The data is broken, or the config does not "
+                    f"match it: {self._fix}.")
 
 
 def encode_record(image: bytes, label: int = -1, captions: Sequence[str] = (),
@@ -192,10 +195,11 @@ def _sample(key: str, members: dict) -> dict:
 
 
 def csv_rows(path: str, image_key: str = "filepath", caption_key: str = "title",
-             separator: str = "\t") -> list[tuple[str, str]]:
-  """(image path, caption) rows of a UTF-8 CSV/TSV file (open_clip's --csv-img-key /
-  --csv-caption-key / --csv-separator); relative paths are relative to the file's folder.
-  A field a short row lacks is "" (the path too: a row without an image path)."""
+             separator: str = "\t") -> list[tuple[str, str, int]]:
+  """(image path, caption, the row's last line in the file) rows of a UTF-8 CSV/TSV file
+  (open_clip's --csv-img-key / --csv-caption-key / --csv-separator); relative paths are
+  relative to the file's folder. A field a short row lacks is "" (the path too: a row
+  without an image path)."""
   if not os.path.isfile(path):
     raise DataError(f"CSV file {path!r} does not exist.")
   root = os.path.dirname(os.path.abspath(path))
@@ -209,11 +213,12 @@ def csv_rows(path: str, image_key: str = "filepath", caption_key: str = "title",
             f"{path!r} has no column {', '.join(map(repr, missing))}; its columns are "
             f"{reader.fieldnames} (separator {separator!r}). Name them with --csv_image_key / "
             "--csv_caption_key and --csv_separator.")
-      rows = [(row[image_key] or "", row[caption_key] or "") for row in reader]
+      rows = [(row[image_key] or "", row[caption_key] or "", reader.line_num) for row in reader]
     except UnicodeDecodeError as e:
       raise DataError(f"{path!r} is not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
                       f"e.g. iconv -f latin1 -t utf-8 < {path} > utf8.tsv") from None
-  return [(os.path.join(root, image) if image else "", caption) for image, caption in rows]
+  return [(os.path.join(root, image) if image else "", caption, line)
+          for image, caption, line in rows]
 
 
 def read_manifest(directory: str) -> dict:

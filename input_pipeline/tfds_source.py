@@ -34,7 +34,8 @@ class TfdsSource:
     self.class_names = tuple(label.names)
     self.image_size = image_size
     self.name, self.split = name, split
-    self._replacer = records.Replacer(len(self._records))
+    self._replacer = records.Replacer(
+        len(self._records), fix=f"build {name} again with tfds build")
 
   def __len__(self) -> int:
     return len(self._records)

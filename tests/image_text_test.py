@@ -338,6 +338,11 @@ class _Damaged:
     return {**record, "captions": []} if index == 3 else record
 
 
+class _Broken(_Damaged):
+  def __getitem__(self, index):
+    raise ZeroDivisionError("division by zero")
+
+
 def test_tfds_records_that_cannot_be_used_are_replaced_and_counted(tfds_dir):
   from input_pipeline import records, tfds_source
   for source in (image_text.TfdsImageTextSource("tiny_captions", "train", 8, data_dir=tfds_dir,
@@ -352,3 +357,8 @@ def test_tfds_records_that_cannot_be_used_are_replaced_and_counted(tfds_dir):
       np.testing.assert_array_equal(example["image"], intact[i + 1 if i in bad else i]["image"])
     assert [s["path"] for s in source._replacer.skipped] == [  # pylint: disable=protected-access
         f"tiny_captions train[{i}]" for i in sorted(bad)]
+  # Nothing usable at all: the last record and its reason, and the fix for this source.
+  source._records = _Broken([None] * 5)  # pylint: disable=protected-access
+  with pytest.raises(records.DataError, match=r"records in a row from 2 cannot be used, the last "
+                     r"'tiny_captions train\[\d\]': ZeroDivisionError.*build tiny_captions again"):
+    source[2]  # pylint: disable=pointless-statement

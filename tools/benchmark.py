@@ -78,7 +78,7 @@ def jaxpr_flops(jaxpr) -> float:
 class StepCost(NamedTuple):
   """What a compiled step costs: XLA's FLOPs and bytes accessed (per device, a loop body
   seen once), the jaxpr's matmul FLOPs (the whole global step, scans times their length) and
-  whether the step loops (`has_loops`), which makes XLA's bytes a lower bound."""
+  `loops`: whether the step loops (has_loops), which makes XLA's bytes a lower bound."""
   flops: float
   bytes_accessed: float
   matmul_flops: float

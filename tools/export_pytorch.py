@@ -145,8 +145,11 @@ def _read_run(workdir: str):
   except ValueError as e:
     _fail(f"--workdir={workdir!r}: {path} is not valid JSON ({e}); the export reads the "
           "run's architecture from it.", 2)
-  steps = (checkpoint.Checkpointer.reader(workdir).all_steps()
-           if os.path.isdir(os.path.join(workdir, "checkpoints")) else [])
+  steps = []
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    reader = checkpoint.Checkpointer.reader(workdir)
+    steps = reader.all_steps()
+    reader.close()
   if not steps:
     _fail(f"--workdir={workdir!r} has no checkpoints yet; export it once the run has saved "
           "one.", 2)
@@ -252,6 +255,9 @@ def main(argv=None):
   out = os.path.abspath(args.out)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would stay on OUT: as os.makedirs makes it.
   try:
     _write(stage, files, manifest, args.pt, config.text.tokenizer if two_tower else None)
     _move_into_place(stage, out)

@@ -194,9 +194,9 @@ def _plan_csv(path, image_key, caption_key, separator):
   if not rows:
     raise DataError(f"{path!r} has a header but no rows.")
   root = os.path.dirname(os.path.abspath(path)) + os.sep
-  # A row without an image path is named by its line (the header is line 1).
+  # A row without an image path is named by its line in the file.
   items = [(p, c, (p[len(root):] if p.startswith(root) else p) or
-            f"{os.path.basename(path)} line {i + 2}") for i, (p, c) in enumerate(rows)]
+            f"{os.path.basename(path)} line {line}") for p, c, line in rows]
   if not any(os.path.isfile(p) for p, _, _ in items):
     raise DataError(f"No image that {path!r} lists exists ({len(items)} rows, the first "
                     f"{items[0][0]!r}); its paths are relative to the CSV file's folder.")

@@ -52,8 +52,7 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
     raise ValueError(f"{workdir} has no checkpoints to evaluate: give the workdir of a "
                      "training run, or set config.init_from (e.g. "
                      "--config.init_from.torch.path=WEIGHTS) to evaluate imported weights.")
-  if jax.process_index() == 0:
-    _check_writable(workdir)
+  _check_writable(workdir)
   if steps:
     ts = reader.restore(step, checkpoint.abstract_like(run.abstract, run.state_sharding))
     logging.info("Evaluating checkpoint %d of %s.", step, reader.directory)
@@ -74,18 +73,25 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
 def _check_writable(workdir):
   """The results go into the workdir: one that cannot take them is refused before the
   checkpoint is read and anything compiles, not after the evaluation."""
-  folder = os.path.join(workdir, "evaluations")
-  try:
-    os.makedirs(folder, exist_ok=True)
-    probe = os.path.join(folder, f".writable.{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
+  problem = ""
+  if jax.process_index() == 0:  # Which writes them; every process learns the answer.
+    folder = os.path.join(workdir, "evaluations")
+    try:
+      os.makedirs(folder, exist_ok=True)
+      probe = os.path.join(folder, f".writable.{os.getpid()}")
+      with open(probe, "w"):
+        pass
+      os.remove(probe)
+    except OSError as e:
+      problem = e.strerror or str(e)
+  if jax.process_count() > 1:
+    refused = multihost_utils.broadcast_one_to_all(np.int32(bool(problem)))
+    problem = problem or ("on process 0" if int(refused) else "")
+  if problem:
     raise PermissionError(
-        f"--workdir={workdir!r} cannot take the results ({e.strerror}): they are written to "
+        f"--workdir={workdir!r} cannot take the results ({problem}): they are written to "
         "its evaluations/ and metrics.jsonl. Copy its config.json and checkpoints/ to a "
-        "directory this user can write and evaluate that.") from None
+        "directory this user can write and evaluate that.")
 
 
 def _record(workdir, step, result, config) -> str:
