@@ -82,3 +82,19 @@ def tiny_config(recipe="simclr_digits", **overrides):
 @pytest.fixture(name="tiny_config")
 def tiny_config_fixture():
   return tiny_config
+
+
+def damaged_copy(workdir, dest, step: int):
+  """A copy of run `workdir` at `dest` whose checkpoint `step` differs from its digest, as if
+  a bit of a kernel flipped on disk."""
+  import json
+  import shutil
+  shutil.copytree(workdir, dest)
+  from big_contrast import checkpoint
+  path = os.path.join(dest, "checkpoints", str(step), checkpoint.DIGEST)
+  with open(path) as f:
+    sums = json.load(f)
+  sums[next(k for k in sums if "kernel" in k)][1] += 1
+  with open(path, "w") as f:
+    json.dump(sums, f)
+  return dest

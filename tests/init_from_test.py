@@ -1,7 +1,5 @@
 """init_from: parts of a fresh model loaded from a checkpoint of this project (LiT)."""
-import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +13,7 @@ from big_contrast import optim
 from big_contrast import run as run_lib
 from big_contrast import sharding
 from big_contrast import train
+from conftest import damaged_copy
 from conftest import tiny_config
 
 SCHEDULE = methods.Schedule(total_steps=10, steps_per_epoch=2)
@@ -105,16 +104,9 @@ def test_plan_maps_destination_paths_to_source_paths():
       "params/image/conv/kernel": "params/backbone/conv/kernel"}
 
 
-
 def test_a_source_checkpoint_that_differs_from_its_digest_is_refused(simclr_run, tmp_path):
-  workdir, _ = simclr_run
-  damaged = tmp_path / "damaged"
-  shutil.copytree(workdir, damaged)
-  path = damaged / "checkpoints" / "2" / checkpoint.DIGEST
-  sums = json.loads(path.read_text())
-  sums[next(k for k in sums if "kernel" in k)][1] += 1  # As if a bit of it flipped on disk.
-  path.write_text(json.dumps(sums))
+  damaged = damaged_copy(simclr_run[0], str(tmp_path / "damaged"), 2)
   with pytest.raises(checkpoint.CorruptCheckpoint,
                      match=r"Checkpoint 2 .* 1 of \d+ arrays differ .* no earlier one"):
-    train.train_and_evaluate(_lit_config(str(damaged)), str(tmp_path / "lit"))
+    train.train_and_evaluate(_lit_config(damaged), str(tmp_path / "lit"))
   assert not os.path.exists(tmp_path / "lit" / "checkpoints" / "0")

@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from big_contrast import checkpoint
 from big_contrast import models
 from big_contrast import sharding
 from big_contrast import torch_convert as tc
 from big_contrast import train
 from big_contrast import run as run_lib
+from conftest import damaged_copy
 from conftest import tiny_config
 from input_pipeline import tokenizers
 from tools import export_pytorch
@@ -422,14 +421,9 @@ def test_export_usage_errors_name_the_flag(bf16_run, tmp_path, capsys):
 
 
 def test_a_checkpoint_that_differs_from_its_digest_is_not_exported(bf16_run, tmp_path, capsys):
-  damaged = tmp_path / "damaged"
-  shutil.copytree(bf16_run, damaged)
-  path = damaged / "checkpoints" / "2" / checkpoint.DIGEST
-  sums = json.loads(path.read_text())
-  sums[next(k for k in sums if "kernel" in k)][1] += 1  # As if a bit of it flipped on disk.
-  path.write_text(json.dumps(sums))
+  damaged = damaged_copy(bf16_run, str(tmp_path / "damaged"), 2)
   with pytest.raises(SystemExit) as e:
-    export_pytorch.main(["--workdir", str(damaged), "--out", str(tmp_path / "out")])
+    export_pytorch.main(["--workdir", damaged, "--out", str(tmp_path / "out")])
   assert e.value.code == 1
   line = _fatal(capsys)
   assert re.search(r"CorruptCheckpoint: Checkpoint 2 .* 1 of \d+ arrays differ from the digest",
