@@ -23,6 +23,7 @@ import re
 
 import jax
 from jax.experimental import multihost_utils
+import ml_dtypes
 import numpy as np
 
 from big_contrast import checkpoint
@@ -52,19 +53,25 @@ def _flat_state(train_state) -> dict:
   return {**_flat(train_state["params"], "params"), **_flat(train_state["state"], "state")}
 
 
+def read_state_dict(path: str) -> dict:
+  """{name: numpy array} of a .safetensors or torch .pt state dict, bfloat16 kept bfloat16."""
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    return load_file(path)
+  import torch
+  # weights_only: tensors only, never the pickled code a downloaded file may carry (the
+  # default only from torch 2.6). numpy has no bfloat16: its bits come through as int16.
+  as_numpy = lambda v: (v.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+                        if v.dtype == torch.bfloat16 else v.numpy())
+  return {k: as_numpy(v) for k, v in
+          torch.load(path, map_location="cpu", weights_only=True).items()}
+
+
 def _read_torch(cfg, config) -> dict:
   """{path: numpy array} of a PyTorch state dict, converted to the Flax module's names."""
   from big_contrast import torch_convert as tc
   t = cfg.torch
-  if t.path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    state_dict = load_file(t.path)
-  else:
-    import torch
-    # weights_only: tensors only, never the pickled code a downloaded file may carry (the
-    # default only from torch 2.6).
-    state_dict = {k: v.numpy() for k, v in
-                  torch.load(t.path, map_location="cpu", weights_only=True).items()}
+  state_dict = read_state_dict(t.path)
   model_cfg = config
   for key in t.model.split("."):
     model_cfg = model_cfg[key]

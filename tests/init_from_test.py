@@ -110,3 +110,19 @@ def test_a_source_checkpoint_that_differs_from_its_digest_is_refused(simclr_run,
                      match=r"Checkpoint 2 .* 1 of \d+ arrays differ .* no earlier one"):
     train.train_and_evaluate(_lit_config(damaged), str(tmp_path / "lit"))
   assert not os.path.exists(tmp_path / "lit" / "checkpoints" / "0")
+
+
+@pytest.mark.parametrize("ext", [".pt", ".safetensors"])
+def test_torch_state_dicts_in_bfloat16_are_read_as_bfloat16(tmp_path, ext):
+  torch = pytest.importorskip("torch")
+  weights = {"fc.weight": torch.randn(3, 4).to(torch.bfloat16), "fc.bias": torch.zeros(3)}
+  path = str(tmp_path / f"w{ext}")
+  if ext == ".pt":
+    torch.save(weights, path)
+  else:
+    from safetensors.torch import save_file
+    save_file(weights, path)
+  read = init_from.read_state_dict(path)
+  assert read["fc.weight"].dtype.name == "bfloat16" and read["fc.bias"].dtype == np.float32
+  np.testing.assert_array_equal(read["fc.weight"].astype(np.float32),
+                                weights["fc.weight"].float().numpy())
