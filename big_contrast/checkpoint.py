@@ -181,7 +181,7 @@ class Checkpointer:
     except CorruptCheckpoint as e:
       raise CorruptCheckpoint(f"Checkpoint {step} in {self.directory}: {e}.") from None
     except Exception as e:  # pylint: disable=broad-except
-      if _out_of_memory(e):
+      if _out_of_memory(e) or isinstance(e, PermissionError):  # This reader's trouble.
         raise
       # Orbax/TensorStore raise assorted types for missing, truncated or garbled files.
       raise CorruptCheckpoint(f"Checkpoint {step} in {self.directory} cannot be restored "
