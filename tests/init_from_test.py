@@ -126,3 +126,12 @@ def test_torch_state_dicts_in_bfloat16_are_read_as_bfloat16(tmp_path, ext):
   assert read["fc.weight"].dtype.name == "bfloat16" and read["fc.bias"].dtype == np.float32
   np.testing.assert_array_equal(read["fc.weight"].astype(np.float32),
                                 weights["fc.weight"].float().numpy())
+
+
+def test_an_unreadable_source_is_not_called_corrupt(simclr_run, monkeypatch):
+  reader = checkpoint.Checkpointer.reader(simclr_run[0])
+  def denied(*_, **__):
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(reader._manager, "restore", denied)  # pylint: disable=protected-access
+  with pytest.raises(PermissionError):
+    reader.restore_host(reader.all_steps()[-1])
