@@ -192,7 +192,8 @@ def override_problems(argv, config) -> list:
 
 def parse_flags(argv):
   """absl's flag parsing, with a --config file or --config.KEY override that is not there
-  named with the fix (config_flags reports either as a bare OSError or AttributeError)."""
+  named with the fix (config_flags reports either as a bare OSError or AttributeError), and
+  the declared keys the recipe does not hold set once config_flags parsed the rest."""
   problem = _config_file_problem(argv)
   if problem is None:
     try:
