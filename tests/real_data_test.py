@@ -6,6 +6,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -87,6 +88,18 @@ def test_broken_files_are_replaced_by_the_next_image_and_counted(folder):
     if key in info["broken"]:
       j = next(j % n for j in range(i + 1, i + n) if keys[j % n] not in info["broken"])
       np.testing.assert_array_equal(examples[i]["image"], examples[j]["image"])
+
+
+def test_an_evaluation_pass_says_how_many_examples_stood_in_for_broken_files(folder, caplog):
+  import logging
+  from big_contrast import sharding
+  from big_contrast.evaluate import features
+  source = _source(folder[0])
+  mean_pixel = jax.jit(lambda x: jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    features.bank(mean_pixel, source, sharding.make_mesh([("data", 2)]), batch_size=8)
+  assert f"{len(folder[1]['broken'])} evaluation examples read by this process stood in" in (
+      caplog.text)
 
 
 def test_a_damaged_record_in_a_prepared_shard_is_replaced_and_counted(tmp_path, prepared):

@@ -8,6 +8,7 @@ prompts, retrieval).
 import dataclasses
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from big_contrast import sharding
 from input_pipeline import pipeline
+from input_pipeline import records
 
 
 @dataclasses.dataclass
@@ -76,9 +78,10 @@ def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> 
   if not len(source):
     raise ValueError("The evaluation split is empty: check config.data (its test_split).")
   num_batches = -(-len(source) // batch_size)
-  buffers = None
+  buffers, replaced = None, 0
   for i, local in enumerate(pipeline.eval_batches(source, batch_size, jax.process_index(),
                                                   jax.process_count(), tokenizer)):
+    replaced += int(np.sum(local.get(records.REPLACED, 0)))
     # Only what is read travels to the devices (not the other tower's inputs).
     batch = sharding.global_batch({k: local[k] for k in (key, "label", "mask")}, mesh)
     rows = (features_fn(batch[key]), batch["label"], batch["mask"])
@@ -92,4 +95,8 @@ def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> 
       # of successive batches) in flight at once can interleave them differently on
       # different hosts, which deadlocked two CPU processes.
       jax.block_until_ready(buffers)
+  if replaced:  # Each process's rows: the split's own count is their sum.
+    logging.warning("%d evaluation examples read by this process stood in for records that "
+                    "could not be used (each logged with its key); the split's metrics count "
+                    "their replacements instead.", replaced)
   return Bank(*buffers)
