@@ -140,10 +140,8 @@ def _check_combinations(config):
           "together); drop it, or use config.multicrop for smaller extra views (SwAV).")
   model = config.get("model", {})
   text = model.get("text", {}) if model.get("name") == "two_tower" else {}
-  if text and text.get("width", 1) % text.get("heads", 1):
-    fits = [h for h in range(1, min(text.width, 32) + 1) if text.width % h == 0]
-    raise ValueError(f"config.model.text.heads={text.heads}: must divide the text width "
-                     f"{text.width} (config.model.text.width); use one of {fits}.")
+  if text:
+    _check_heads("model.text", "text", text.width, text.heads, "config.model.text.width")
   eps = config.optimizer.get("eps") or 1e-8
   if (model.get("param_dtype") == "float16" and config.optimizer.name == "adamw" and
       eps < 2**-14):
@@ -200,10 +198,16 @@ def check_vit(config, tower: str, cfg):
     raise ValueError(f"config.{tower}.width={width}: must be a multiple of 4 for "
                      f"config.{tower}.posemb='sincos2d' (sine and cosine of both axes); use "
                      f"{width - width % 4 or 4} or {width - width % 4 + 4}, or posemb='learn'.")
+  _check_heads(tower, "ViT", width, heads,
+               f"config.{tower}.width or variant {cfg.variant!r}")
+
+
+def _check_heads(section: str, tower: str, width: int, heads: int, width_from: str):
+  """Attention heads must split the tower's width evenly."""
   if width % heads:
     fits = [h for h in range(1, min(width, 32) + 1) if width % h == 0]
-    raise ValueError(f"config.{tower}.heads={heads}: must divide the ViT width {width} "
-                     f"(config.{tower}.width or variant {cfg.variant!r}); use one of {fits}.")
+    raise ValueError(f"config.{section}.heads={heads}: must divide the {tower} width {width} "
+                     f"({width_from}); use one of {fits}.")
 
 
 def _normalised(config) -> dict:
