@@ -37,6 +37,15 @@ class CorruptCheckpoint(ValueError):
   """A checkpoint whose restored content differs from the digest written when it was saved."""
 
 
+def earlier_step(steps, step: int, flag: str) -> str:
+  """The fix for a checkpoint `step` that cannot be read, among a run's `steps`: the latest
+  earlier one, as `flag` (e.g. "--step") selects it."""
+  earlier = [s for s in steps if s < step]
+  if not earlier:
+    return "the run has no earlier checkpoint"
+  return f"use an earlier one, e.g. {flag}={earlier[-1]} (steps {list(steps)})"
+
+
 def digest(tree) -> dict:
   """{path: [sum, weighted sum]} of every array's bits, modulo 2**64.
 

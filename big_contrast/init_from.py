@@ -150,10 +150,8 @@ def read_source(cfg, config=None) -> dict:
   try:
     return read_checkpoint(cfg.workdir, step)
   except checkpoint.CorruptCheckpoint as e:
-    earlier = [s for s in steps if s < step]
-    fix = (f"Use an earlier one: config.init_from.step={earlier[-1]} (steps {steps})."
-           if earlier else "The source run has no earlier one: train it again.")
-    raise checkpoint.CorruptCheckpoint(f"{e} {fix}") from None
+    fix = checkpoint.earlier_step(steps, step, "config.init_from.step")
+    raise checkpoint.CorruptCheckpoint(f"{e} Nothing was loaded; {fix}.") from None
 
 
 def plan(cfg, abstract_state) -> dict:

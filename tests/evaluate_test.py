@@ -12,6 +12,7 @@ from input_pipeline import digits
 import pytest
 from big_contrast import train
 from conftest import assert_fraction_of_test_split
+from conftest import damaged_copy
 from conftest import tiny_config
 
 
@@ -149,9 +150,17 @@ def test_evaluate_command_equals_the_in_training_evaluation_and_disturbs_nothing
                          "--config.eval.knn.kk=3"], cwd=root, env=subprocess_env(1),
                         capture_output=True, text=True, timeout=300)
   assert typo.returncode == 2 and "did you mean config.eval.knn.k?" in typo.stderr, typo.stderr
-  # A workdir that cannot take the results is refused before its checkpoint is even read.
+  # A checkpoint that differs from its digest is neither evaluated nor moved; the error
+  # names the step to use instead.
   import shutil
   from big_contrast import checkpoint
+  damaged = damaged_copy(workdir, str(tmp_path / "damaged"), 4)
+  with pytest.raises(checkpoint.CorruptCheckpoint,
+                     match=r"Checkpoint 4 .* differ .* Nothing was evaluated; use an earlier "
+                     r"one, e.g. --step=2 \(steps \[2, 4\]\)"):
+    command.evaluate_workdir(saved, damaged)
+  assert {"2", "4"} <= set(os.listdir(os.path.join(damaged, "checkpoints")))
+  # A workdir that cannot take the results is refused before its checkpoint is even read.
   blocked = str(tmp_path / "blocked")
   shutil.copytree(workdir, blocked)
   shutil.rmtree(os.path.join(blocked, "evaluations"))

@@ -107,7 +107,7 @@ def test_plan_maps_destination_paths_to_source_paths():
 def test_a_source_checkpoint_that_differs_from_its_digest_is_refused(simclr_run, tmp_path):
   damaged = damaged_copy(simclr_run[0], str(tmp_path / "damaged"), 2)
   with pytest.raises(checkpoint.CorruptCheckpoint,
-                     match=r"Checkpoint 2 .* 1 of \d+ arrays differ .* no earlier one"):
+                     match=r"Checkpoint 2 .* 1 of \d+ arrays differ .* no earlier checkpoint"):
     train.train_and_evaluate(_lit_config(damaged), str(tmp_path / "lit"))
   assert not os.path.exists(tmp_path / "lit" / "checkpoints" / "0")
 

@@ -240,10 +240,8 @@ def main(argv=None):
     flat = init_from.read_checkpoint(args.workdir, step)
     files = export_run(config, flat, args.part)
   except checkpoint.CorruptCheckpoint as e:
-    earlier = [s for s in steps if s < step]
-    fix = (f"export an earlier one, e.g. --step={earlier[-1]} (steps {steps})" if earlier else
-           "the run has no earlier checkpoint to export")
-    _fail(f"CorruptCheckpoint: {e} Nothing was exported; {fix}.", 1)
+    _fail(f"CorruptCheckpoint: {e} Nothing was exported; "
+          f"{checkpoint.earlier_step(steps, step, '--step')}.", 1)
   except ValueError as e:  # What the run's model or method cannot be exported as, and why.
     _fail(f"{type(e).__name__}: {e} Nothing was exported.", 1)
 

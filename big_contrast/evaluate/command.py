@@ -54,7 +54,12 @@ def evaluate_workdir(config, workdir: str, step: int | None = None) -> dict:
                      "--config.init_from.torch.path=WEIGHTS) to evaluate imported weights.")
   _check_writable(workdir)
   if steps:
-    ts = reader.restore(step, checkpoint.abstract_like(run.abstract, run.state_sharding))
+    try:
+      ts = reader.restore(step, checkpoint.abstract_like(run.abstract, run.state_sharding))
+    except checkpoint.CorruptCheckpoint as e:
+      raise checkpoint.CorruptCheckpoint(
+          f"{e} Nothing was evaluated; {checkpoint.earlier_step(steps, step, '--step')}."
+      ) from None
     logging.info("Evaluating checkpoint %d of %s.", step, reader.directory)
   else:
     step, ts = 0, run.initial_state()
