@@ -110,8 +110,8 @@ class EncodedImages:
   def __len__(self) -> int:
     return len(self.reader)
 
-  def _example(self, record: dict, replaced: bool) -> dict:
-    out = {"label": np.int32(record["label"]), records.REPLACED: np.bool_(replaced)}
+  def _example(self, record: dict, replaced: str) -> dict:
+    out = {"label": np.int32(record["label"]), records.REPLACED: np.str_(replaced)}
     if self.with_captions:
       out["captions"] = record["captions"]
     return out

@@ -267,7 +267,7 @@ class TfdsImageTextSource:
     """The example, or the next usable one for a record that cannot be read, decoded or has
     no caption (records.Replacer)."""
     example, replaced = self._replacer.first_usable(index, self._example)
-    return {**example, records.REPLACED: np.bool_(replaced)}
+    return {**example, records.REPLACED: np.str_(replaced)}
 
 
 def get_image_text_sources(data_cfg: ml_collections.ConfigDict) -> tuple[

@@ -45,14 +45,15 @@ class TrainBatches:
   """Local training batches indexed by step; see the module docstring.
 
   `replaced`: how many examples of the batches `iterate` has given stood in for an unusable
-  record (records.REPLACED, which it takes out of each batch): the workers that decode
-  keep their own logs, this count is the process's.
+  record (records.REPLACED, which it takes out of each batch, logging each such record once
+  in this process: the workers that decode write to no run's log).
   """
 
   def __init__(self, batches: grain.MapDataset, num_workers: int):
     self._batches = batches
     self._num_workers = num_workers
     self.replaced = 0
+    self._logged = set()  # The unusable records logged so far.
 
   def __getitem__(self, step: int) -> Batch:
     return self._batches[step]
@@ -73,9 +74,7 @@ class TrainBatches:
   def _counted(self, batches) -> Iterator[Batch]:
     try:
       for batch in batches:
-        replaced = batch.pop(records.REPLACED, None)
-        if replaced is not None:
-          self.replaced += int(np.sum(replaced))
+        self.replaced += records.count_replaced(batch.pop(records.REPLACED, ()), self._logged)
         yield batch
     finally:
       getattr(batches, "close", lambda: None)()

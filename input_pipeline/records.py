@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 from absl import logging
 import msgpack
+import numpy as np
 
 FORMAT = "big_contrast.prepared"
 VERSION = 1
@@ -57,8 +58,10 @@ def bad_record(key: str):
     raise BadRecord(key, f"{type(e).__name__}: {e}") from None
 
 
-# Each example a replacing source gives carries this flag: True where it stands in for an
-# unusable record. The training loop pops it from every batch and counts (TrainBatches).
+# Each example a replacing source gives carries this field: "" or, where it stands in for
+# unusable records, a line "'key' (reason)" for each of them. Whoever reads the batches pops
+# it, counts and logs it (`count_replaced`): the worker processes that decode them write to
+# no run's log.
 REPLACED = "replaced"
 # How far to look for a usable replacement before declaring the data broken.
 MAX_REPLACEMENTS = 64
@@ -66,33 +69,48 @@ MAX_REPLACEMENTS = 64
 
 class Replacer:
   """Stands the next usable record in for each unusable one, so that shapes and batch sizes
-  hold. Each bad record is logged with its key and reason once per process and listed in
-  `skipped` (pre-filled with what preparation skipped)."""
+  hold. Each bad record is listed once in `skipped` (pre-filled with what preparation
+  skipped) and named in the REPLACED note of every example that stands in for it."""
 
   def __init__(self, size: int, skipped: Sequence[dict] = (),
                fix: str = "prepare it again with tools.prepare_data"):
     self.size = size
     self.skipped = list(skipped)
-    self._keys = {s["path"] for s in self.skipped}
+    self._reasons = {s["path"]: s["reason"] for s in self.skipped}
     self._fix = fix  # What to do when the data is broken beyond replacing.
 
-  def first_usable(self, index: int, read: Callable[[int], object]) -> tuple[object, bool]:
-    """(read(j), whether j != index) for the first j of index, index + 1, ... (cyclically)
-    whose read does not raise BadRecord."""
+  def first_usable(self, index: int, read: Callable[[int], object]) -> tuple[object, str]:
+    """(read(j), note) for the first j of index, index + 1, ... (cyclically) whose read does
+    not raise BadRecord; the note names the records passed over ("" if none)."""
+    passed = []
     for offset in range(MAX_REPLACEMENTS):
       try:
-        return read((index + offset) % self.size), offset > 0
+        return read((index + offset) % self.size), "\n".join(passed)
       except BadRecord as e:
         last = e
-        if e.key in self._keys:
-          continue
-        self._keys.add(e.key)
-        self.skipped.append({"path": e.key, "reason": str(e)})
-        logging.warning("Record %r cannot be used (%s): replaced by the next one (%d records "
-                        "skipped in this process so far).", e.key, e, len(self.skipped))
+        if e.key not in self._reasons:
+          self._reasons[e.key] = " ".join(str(e).split())
+          self.skipped.append({"path": e.key, "reason": self._reasons[e.key]})
+        passed.append(f"{e.key!r} ({self._reasons[e.key]})")
     raise DataError(f"{MAX_REPLACEMENTS} records in a row from {index} cannot be used, the "
                     f"last {last.key!r}: {last}. The data is broken, or the config does not "
                     f"match it: {self._fix}.")
+
+
+def count_replaced(notes, logged: set) -> int:
+  """How many examples of a batch's REPLACED field (`notes`) stood in for unusable records.
+  Each record not in `logged` yet is logged with its key and reason, and added to it."""
+  count = 0
+  for note in np.ravel(notes):
+    if not note:
+      continue
+    count += 1
+    for record in str(note).split("\n"):
+      if record not in logged:
+        logged.add(record)
+        logging.warning("Record %s cannot be used: the next usable one stands in for it (%d "
+                        "such records so far).", record, len(logged))
+  return count
 
 
 def encode_record(image: bytes, label: int = -1, captions: Sequence[str] = (),

@@ -50,4 +50,4 @@ class TfdsSource:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     example, replaced = self._replacer.first_usable(index, self._example)
-    return {**example, records.REPLACED: np.bool_(replaced)}
+    return {**example, records.REPLACED: np.str_(replaced)}

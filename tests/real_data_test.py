@@ -3,6 +3,7 @@ webdataset tars and a CSV of captions prepared by tools/prepare_data.py; SimCLR 
 trained on them end to end."""
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -218,8 +219,26 @@ def test_train_batches_crop_every_view_on_the_host_and_are_a_function_of_step(fo
   assert set(batch) - set(resumed[0]) == {records.REPLACED}
   for key in resumed[0]:
     np.testing.assert_array_equal(batch[key], resumed[0][key])
-  counts = [int(again[step][records.REPLACED].sum()) for step in range(2, 6)]
+  counts = [records.count_replaced(again[step][records.REPLACED], set()) for step in range(2, 6)]
   assert again.replaced == sum(counts) > 0  # The tree holds broken files.
+
+
+def test_records_replaced_in_worker_processes_are_named_in_the_runs_log(folder, caplog):
+  """The grain workers that decode write to no run's log: each broken file they replace is
+  named, with its reason, by the process that reads the batches."""
+  import logging
+  batches = pipeline.train_batches(_source(folder[0]), 8, seed=3, views=(LARGE, []),
+                                   num_workers=1)
+  steps = -(-len(_source(folder[0])) // 8)  # One epoch reads every file.
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    iterator = batches.iterate(0)
+    for _ in range(steps):
+      next(iterator)
+    iterator.close()
+  for key in folder[1]["broken"]:
+    assert re.search(f"Record {re.escape(repr(key))} \\(.+\\) cannot be used",
+                     caplog.text), (key, caplog.text)
+  assert batches.replaced >= len(folder[1]["broken"])
 
 
 class _Counting:
@@ -269,7 +288,8 @@ def test_simclr_trains_on_an_image_folder(tmp_path, folder, prepared, form):
   # Broken files are replaced as the in-place tree is read; preparation left them out.
   from big_contrast import run as run_lib
   batches = run_lib.setup(_config(data)).train_batches()
-  replaced = sum(int(batches[step][records.REPLACED].sum()) for step in range(3))
+  replaced = sum(records.count_replaced(batches[step][records.REPLACED], set())
+                 for step in range(3))
   assert (replaced > 0) == (form == "in_place")
   assert result["replaced_examples"] == sum(r.get("replaced_examples", 0) for r in rows) == replaced
   assert all(np.isfinite(r["loss"]) and 0 <= r["data_wait_frac"] <= 1 for r in rows[1:])

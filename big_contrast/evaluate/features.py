@@ -78,10 +78,10 @@ def bank(features_fn, source, mesh, batch_size, key="image", tokenizer=None) -> 
   if not len(source):
     raise ValueError("The evaluation split is empty: check config.data (its test_split).")
   num_batches = -(-len(source) // batch_size)
-  buffers, replaced = None, 0
+  buffers, replaced, logged = None, 0, set()
   for i, local in enumerate(pipeline.eval_batches(source, batch_size, jax.process_index(),
                                                   jax.process_count(), tokenizer)):
-    replaced += int(np.sum(local.get(records.REPLACED, 0)))
+    replaced += records.count_replaced(local.get(records.REPLACED, ()), logged)
     # Only what is read travels to the devices (not the other tower's inputs).
     batch = sharding.global_batch({k: local[k] for k in (key, "label", "mask")}, mesh)
     rows = (features_fn(batch[key]), batch["label"], batch["mask"])
