@@ -211,6 +211,11 @@ def setup(config, devices=None, train_size: int | None = None, tokenizer=None) -
   if train_size is None:
     sources.check(config.data, cls.data)
     train_src, test_src, num_classes = sources.get_sources(config.data)
+    if not num_classes and cls.label_setting(config):
+      raise ValueError(f"{cls.label_setting(config)} trains on class labels, and this "
+                       f"config.data (name={config.data.name!r}) has none, captions only: "
+                       "train on labelled data (for tfds_captions, name the label feature in "
+                       "config.data.label_key), or use positives='instance' (SimCLR).")
     data, train_size = (train_src, test_src), len(train_src)
     check_batch_size(config, train_size)
     example = np.asarray(train_src[0]["image"])[None]

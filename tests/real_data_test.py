@@ -310,6 +310,19 @@ def test_clip_trains_on_prepared_captions(tmp_path, prepared, form):
   assert all(abs(r * pairs - round(r * pairs)) < 1e-4 for r in recall)
 
 
+def test_label_positives_are_refused_on_data_without_labels(prepared):
+  """SupCon on captions-only data: every label -1 would make the whole batch positives of
+  each other, a loss that collapse minimises. Refused at setup, naming the setting."""
+  from big_contrast import run as run_lib
+  config = _config({"data.name": "prepared", "data.path": prepared["webdataset"][0]},
+                   "supcon_digits", **{"eval.evaluators": ()})
+  with pytest.raises(ValueError, match=r"config.loss.positives='label' trains on class "
+                     r"labels, and this config.data \(name='prepared'\) has none"):
+    run_lib.setup(config)
+  config.loss.positives = "instance"
+  run_lib.setup(config)  # SimCLR on the same data.
+
+
 @pytest.mark.parametrize("form", ["digits", "image_folder", "prepared_captions"])
 def test_batch_shapes_are_what_the_pipeline_delivers(folder, prepared, form):
   """Run.batch_shapes (benchmarks, ahead-of-time compiles) declares, without reading data,

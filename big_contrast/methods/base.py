@@ -64,6 +64,9 @@ class Method(abc.ABC):
     export     what tools/export_pytorch.py writes: "encoder" (models.Encoder's backbone and
                heads), "two_tower", or None
     settings() the config sections it reads beyond the run's own (run_config.RUN_SETTINGS)
+    label_setting(config)  the setting that makes it train on class labels, "" if none (the
+               run refuses data without labels then: with every label -1, all the batch
+               would be positives of each other, and collapse would minimise the loss)
 
   Constructed as cls(config, schedule, mesh, tokenizer): `mesh` is the run's, for the
   methods whose loss is laid out by hand over devices (the SigLIP ring).
@@ -76,6 +79,11 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def settings(cls) -> dict:
     """The declaration (big_contrast/settings.py) of the sections this method reads."""
+
+  @classmethod
+  def label_setting(cls, config) -> str:
+    del config
+    return ""
 
   def __init__(self, config, schedule: Schedule, mesh=None, tokenizer=None):
     self.config = config

@@ -28,6 +28,12 @@ class SimCLR(base.EmbeddingMethod):
                           positives=settings.choice("instance", POSITIVES),
                           decoupled=settings.boolean(False)))
 
+  @classmethod
+  def label_setting(cls, config) -> str:
+    if config.loss.get("positives", "instance") == "label":
+      return "config.loss.positives='label'"
+    return ""
+
   def __init__(self, config, schedule, mesh=None, tokenizer=None):
     super().__init__(config, schedule, mesh, tokenizer)
     self.model = base.encoder(config.model)
