@@ -52,10 +52,17 @@ def check_frozen(patterns, params):
                        f"path in full; they look like {paths[:3]}.")
 
 
-def frozen_labels(params, patterns):
-  """'frozen' or 'trained' for every parameter (optax.multi_transform labels)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: "frozen" if is_frozen(path, patterns) else "trained", params)
+def param_labels(params, frozen, starts=()):
+  """The optax.multi_transform group of every parameter (see `make`): "frozen" where a
+  `frozen` regex matches, else "from_step_<step>" where a `starts` one does, else "trained"."""
+  def label(path, _):
+    if is_frozen(path, frozen):
+      return "frozen"
+    for pattern, start in starts:
+      if start > 0 and re.fullmatch(pattern, sharding.path_name(path)):
+        return f"from_step_{start}"
+    return "trained"
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def stop_frozen(params, patterns):
@@ -80,29 +87,44 @@ def schedule(cfg, batch_size: int, total_steps: int, warmup_steps: int):
       end_value=peak * cfg.get("min_lr_ratio", 0.0))
 
 
-def make(cfg, batch_size: int, total_steps: int, warmup_steps: int):
-  """Returns (optax transformation, learning-rate schedule)."""
+def make(cfg, batch_size: int, total_steps: int, warmup_steps: int, starts=()):
+  """Returns (optax transformation, learning-rate schedule).
+
+  `starts`: ((regex, step), ...) parameters (paths matched in full) that train from `step`
+  on only, as SwAV's prototypes. Until then they get zero updates and their optimizer state
+  does not move: from `step` on they train as a parameter would whose optimizer starts
+  there (PyTorch's skip of a parameter without a gradient), on the run's lr schedule. A
+  state that moved would, for AdamW, give updates up to 3x too large after a long wait (bias
+  correction for moments that are still zero)."""
   lr = schedule(cfg, batch_size, total_steps, warmup_steps)
+  groups = {"trained": _optimizer(cfg, lr)}
+  for pattern, start in starts:
+    if start > 0:  # Its own count starts at `start`: the lr is the run's at that step.
+      groups[f"from_step_{start}"] = optax.conditionally_mask(
+          _optimizer(cfg, lambda count, s=start: lr(count + s)),
+          lambda step, s=start: step >= s)
+  if cfg.get("frozen"):  # Frozen parameters get zero updates and carry no optimizer state.
+    groups["frozen"] = optax.set_to_zero()
+  tx = groups["trained"] if len(groups) == 1 else optax.multi_transform(
+      groups, lambda params: param_labels(params, cfg.get("frozen", ()), starts))
+  if cfg.get("grad_clip_norm"):  # The norm of every gradient together.
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  return tx, lr
+
+
+def _optimizer(cfg, lr):
   wd = cfg.get("weight_decay", 0.0)
   if cfg.name == "adamw":
-    tx = optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
-                     weight_decay=wd, mask=decay_mask)
-  elif cfg.name == "lion":
-    tx = optax.lion(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.99), weight_decay=wd,
-                    mask=decay_mask)
-  elif cfg.name == "lars":
+    return optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                       eps=cfg.get("eps", 1e-8), weight_decay=wd, mask=decay_mask)
+  if cfg.name == "lion":
+    return optax.lion(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.99), weight_decay=wd,
+                      mask=decay_mask)
+  if cfg.name == "lars":
     # As in SimCLR: biases and BN parameters get neither decay nor trust-ratio scaling.
-    tx = optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask,
-                    trust_coefficient=cfg.get("trust_coefficient", 0.001),
-                    trust_ratio_mask=decay_mask, momentum=cfg.get("momentum", 0.9))
-  else:
-    tx = optax.chain(optax.add_decayed_weights(wd, decay_mask),
+    return optax.lars(lr, weight_decay=wd, weight_decay_mask=decay_mask,
+                      trust_coefficient=cfg.get("trust_coefficient", 0.001),
+                      trust_ratio_mask=decay_mask, momentum=cfg.get("momentum", 0.9))
+  return optax.chain(optax.add_decayed_weights(wd, decay_mask),
                      optax.sgd(lr, momentum=cfg.get("momentum", 0.9) or None,
                                nesterov=cfg.get("nesterov", False)))
-  if cfg.get("grad_clip_norm"):
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
-  if cfg.get("frozen"):
-    # Frozen parameters get zero updates and carry no optimizer state.
-    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
-                               lambda params: frozen_labels(params, cfg.frozen))
-  return tx, lr

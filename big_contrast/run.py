@@ -224,7 +224,8 @@ def setup(config, devices=None, train_size: int | None = None, tokenizer=None) -
   grad_cache.check(config, method, mesh)
   check_block_chunks(config, mesh)
   warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * sched.steps_per_epoch))
-  tx, lr_fn = optim.make(config.optimizer, config.batch_size, sched.total_steps, warmup_steps)
+  tx, lr_fn = optim.make(config.optimizer, config.batch_size, sched.total_steps, warmup_steps,
+                         method.param_starts())
 
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 

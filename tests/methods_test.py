@@ -267,7 +267,7 @@ def test_every_recipe_builds_its_method_and_model(recipe):
   size = c.data.image_size
   params, state = jax.eval_shape(method.init, jax.random.PRNGKey(0),
                                  jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
-  tx, _ = optim.make(c.optimizer, c.batch_size, 1000, 10)
+  tx, _ = optim.make(c.optimizer, c.batch_size, 1000, 10, method.param_starts())
   jax.eval_shape(tx.init, params)
   tower = params.get("encoder", params)
   tower = tower["backbone"] if "backbone" in tower else tower["image"]

@@ -82,3 +82,25 @@ def test_lars_scales_kernels_by_trust_ratio_but_not_biases():
   trust = 0.001 * 6.0 / 1.0    # η‖w‖/‖g‖ with ‖w‖ = 6, ‖g‖ = 1.
   np.testing.assert_allclose(updates["kernel"], -0.1 * trust * 0.5, rtol=1e-5)
   np.testing.assert_allclose(updates["bias"], -0.1 * 0.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e3])
+def test_a_parameter_that_starts_late_trains_as_if_its_optimizer_started_then(clip):
+  """SwAV's prototypes: no update and no optimizer-state change before their start step;
+  then AdamW's first, bias-corrected step (|update| = lr at that step, not the ~3x a state
+  that had counted the waiting steps gives), on the run's schedule."""
+  cfg = _cfg(name="adamw", weight_decay=0.0, grad_clip_norm=clip)
+  tx, lr = optim.make(cfg, batch_size=256, total_steps=50, warmup_steps=10,
+                      starts=(("protos", 40),))
+  params = {"protos": jnp.ones(3), "w": jnp.ones(3)}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for t in range(41):
+    grads = {"protos": jnp.full(3, 0.01 if t == 40 else 0.0), "w": jnp.full(3, 0.01)}
+    updates, state = step(grads, state, params)
+    if t < 40:
+      np.testing.assert_array_equal(updates["protos"], 0.0)
+  np.testing.assert_allclose(updates["protos"], -float(lr(40)), rtol=1e-4)
+  assert np.all(updates["w"] < 0)  # Trained all along.
+  labels = optim.param_labels(params, (), (("protos", 40),))
+  assert labels == {"protos": "from_step_40", "w": "trained"}

@@ -4,7 +4,6 @@ import importlib
 import json
 import os
 
-import ml_collections
 import pytest
 
 from big_contrast import methods

@@ -55,6 +55,8 @@ class Method(abc.ABC):
   loss(params, state, batch, rng, step) -> (loss, (new_state, metrics)).
   after_update(params, state, step) -> (params, state): applied after the
     optimizer step (momentum encoders, prototype normalisation).
+  param_starts() -> ((regex, step), ...): parameters that train from `step` on only (their
+    optimizer state starts there: optim.make); () for none.
   features(params, state, images) -> [B, D] frozen features for evaluation.
 
   What a method declares about itself (the run, config validation and the tools read it):
@@ -84,6 +86,9 @@ class Method(abc.ABC):
   def label_setting(cls, config) -> str:
     del config
     return ""
+
+  def param_starts(self) -> tuple:
+    return ()
 
   def __init__(self, config, schedule: Schedule, mesh=None, tokenizer=None):
     self.config = config

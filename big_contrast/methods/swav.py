@@ -7,8 +7,9 @@ step); the codes are computed with Sinkhorn-Knopp over the GLOBAL batch
 (losses.sinkhorn). Optionally, features of past batches (a queue, filled from
 the start and used from `swav.queue_start_epoch` once it is full, as in SwAV's
 code: empty rows would distort the equal partition) join the Sinkhorn problem,
-as SwAV does for small batches. The prototypes get no gradient during the
-first `swav.freeze_prototypes_epochs` epochs.
+as SwAV does for small batches. The prototypes get no gradient and no optimizer step
+during the first `swav.freeze_prototypes_epochs` epochs; their optimizer state starts
+after (optim.make's `starts`), as SwAV's skip of a parameter without a gradient does.
 """
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,9 @@ class SwAV(base.Method):
     # The queue gains batch_size rows per step; it joins once full and past its start.
     self.queue_start = max(int(cfg.queue_start_epoch * schedule.steps_per_epoch),
                            cfg.queue_size // config.batch_size)
+
+  def param_starts(self):
+    return (("prototypes", self.freeze_steps),)
 
   def init(self, rng, images):
     rng_model, rng_protos = jax.random.split(rng)
