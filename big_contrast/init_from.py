@@ -188,7 +188,7 @@ def load(cfg, abstract_state, config=None) -> dict:
   for path, src in mapping.items():
     if src not in source:
       near = sorted(source)[:8]
-      raise ValueError(f"config.init_from: {path} maps to {src}, which the source "
+      raise ValueError(f"config.init_from: {path} maps to {src!r}, which the source "
                        f"{cfg.workdir or cfg.torch.path} does not have; it has e.g. {near}.")
     if source[src].shape != dst[path].shape:
       raise ValueError(f"config.init_from: {path} has shape {dst[path].shape} but its source "

@@ -120,6 +120,10 @@ def regexes(default=(), pairs: bool = False) -> Setting:
         re.compile(pattern)
       except re.error as e:
         return f"holds {pattern!r}, which is not a regular expression ({e})"
+      if pairs and any(ord(c) < 32 for c in item[1]):
+        # '\1' in a plain Python string is chr(1), not a reference to group 1.
+        return (f"holds the template {item[1]!r}, which has a control character: write "
+                "templates as raw strings, r'params/\\1' (in 'params/\\1' the \\1 is chr(1))")
     return None
   return Setting(tuple(default), check)
 

@@ -86,7 +86,11 @@ def test_regex_settings_compile_each_pattern_and_frozen_ones_must_match():
                                                  "expression (missing ), unterminated subpattern"),
                         ({"r": ("foo",)}, "must be a tuple of (regex, template) pairs of strings; "
                                           "it holds 'foo'"),
-                        ({"r": (("params/(.*", "x"),)}, "which is not a regular expression")]:
+                        ({"r": (("params/(.*", "x"),)}, "which is not a regular expression"),
+                        # '\1' in a plain string (a shell's double quotes eat one backslash).
+                        ({"r": (("params/(.*)", "params/\1"),)},
+                         "holds the template 'params/\\x01', which has a control character: "
+                         "write templates as raw strings, r'params/\\1'")]:
     with pytest.raises(ValueError) as e:
       settings.check(flat, spec)
     assert message in str(e.value), str(e.value)
