@@ -13,6 +13,7 @@ import torch
 from big_contrast import models
 from big_contrast import sharding
 from big_contrast import torch_convert as tc
+from big_contrast import torch_load
 from big_contrast import train
 from big_contrast import run as run_lib
 from conftest import damaged_copy
@@ -63,7 +64,7 @@ def _nchw(x):
 
 
 def _load(info, state_dict):
-  model = export_pytorch.build_torch_model(info)
+  model = torch_load.build_torch_model(info)
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
                         strict=True)
   return model.eval()
@@ -220,8 +221,8 @@ def test_cli_exports_a_trained_run_that_torchvision_reproduces(tmp_path):
     manifest = json.load(f)
   assert manifest["files"]["model.safetensors"]["constructor"] == "torchvision.models.resnet18"
   assert os.path.exists(tmp_path / "out" / "model.pt")
-  backbone = export_pytorch.load_torch(str(tmp_path / "out"))
-  head = export_pytorch.load_torch(str(tmp_path / "out"), "head")
+  backbone = torch_load.load_torch(str(tmp_path / "out"))
+  head = torch_load.load_torch(str(tmp_path / "out"), "head")
 
   from big_contrast import methods
   method = run_lib.build_method(c, methods.Schedule(2, 1))
@@ -240,12 +241,26 @@ def test_cli_exports_a_trained_run_that_torchvision_reproduces(tmp_path):
   import photos
   from input_pipeline import decode
   data = photos.jpeg(61, 40, seed=3)
-  theirs = export_pytorch.load_transform(str(tmp_path / "out"))(Image.open(io.BytesIO(data)))
+  theirs = torch_load.load_transform(str(tmp_path / "out"))(Image.open(io.BytesIO(data)))
   ours = np.asarray(method.eval_view(decode.center_view(data, c.data.image_size)[None]))[0]
   # PIL's and our resampling differ by a few levels at this 5x reduction (measured: mean 0.059,
   # max 0.25 in normalised units); a wrong size, crop, mean or std is off by far more.
   diff = np.abs(theirs.permute(1, 2, 0).numpy() - ours)
   assert diff.mean() < 0.08 and diff.max() < 0.5, (diff.mean(), diff.max())
+  # A PyTorch project loads the export without JAX, from anywhere.
+  import subprocess
+  import sys
+  script = ("import sys; sys.modules['jax'] = None\n"
+            "import numpy as np, torch\n"
+            "from big_contrast.torch_load import load_torch\n"
+            f"model = load_torch({str(tmp_path / 'out')!r})\n"
+            f"x = torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r}))\n"
+            "print(repr(model(x).detach().numpy().tolist()))\n")
+  np.save(tmp_path / "x.npy", _nchw(x).numpy())
+  out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+  assert out.returncode == 0, out.stderr[-2000:]
+  _assert_close(np.array(eval(out.stdout)), want)  # pylint: disable=eval-used
 
 
 def test_cli_exports_a_siglip_run_with_clip_bpe_that_open_clip_reproduces(tmp_path):
@@ -259,9 +274,9 @@ def test_cli_exports_a_siglip_run_with_clip_bpe_that_open_clip_reproduces(tmp_pa
   results = train.train_and_evaluate(c, str(tmp_path / "run"))
   out = str(tmp_path / "out")
   export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", out])
-  clip = export_pytorch.load_torch(out)
+  clip = torch_load.load_torch(out)
   assert type(clip).__name__ == "CustomTextCLIP"
-  tokenize = export_pytorch.load_tokenizer(out)
+  tokenize = torch_load.load_tokenizer(out)
 
   from big_contrast import methods
   method = run_lib.build_method(c, methods.Schedule(1, 1))
@@ -283,7 +298,7 @@ def test_cli_exports_a_siglip_run_with_clip_bpe_that_open_clip_reproduces(tmp_pa
   export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "img"),
                        "--part=image"])
   with pytest.raises(ValueError, match="no open_clip tokenizer"):
-    export_pytorch.load_tokenizer(str(tmp_path / "img"))
+    torch_load.load_tokenizer(str(tmp_path / "img"))
 
 
 def test_a_run_with_scanned_blocks_exports_what_it_computes(tmp_path):
@@ -296,7 +311,7 @@ def test_a_run_with_scanned_blocks_exports_what_it_computes(tmp_path):
   assert ts["params"]["image"]["blocks"]["block"]["Dense_0"]["kernel"].shape[0] == 2
   assert "block0" not in ts["params"]["image"] and "block0" not in ts["params"]["text"]
   export_pytorch.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
-  clip = export_pytorch.load_torch(str(tmp_path / "out"))
+  clip = torch_load.load_torch(str(tmp_path / "out"))
   method = run_lib.build_method(c, methods.Schedule(1, 1))
   tokens = method.tokenizer.batch(["a thin 3", "A BOLD, slanted seven!!", ""])
   x = method.eval_view(np.random.RandomState(7).randint(0, 256, (3, 8, 8, 3)).astype(np.uint8))
@@ -380,7 +395,7 @@ def test_cli_exports_a_bf16_run_as_bf16_with_its_step(bf16_run, tmp_path):
     for k in st:
       assert pt[k].dtype == st[k].dtype and torch.equal(pt[k], st[k]), (stem, k)
   assert load_file(os.path.join(out, "model.safetensors"))["cls_token"].dtype == torch.bfloat16
-  export_pytorch.load_torch(out)  # Loads strictly into the float32 timm model.
+  torch_load.load_torch(out)  # Loads strictly into the float32 timm model.
   # Exported again into the same directory, without --pt: the old .pt files go.
   export_pytorch.main(["--workdir", bf16_run, "--out", out, "--step=1"])
   with open(os.path.join(out, "export.json")) as f:
