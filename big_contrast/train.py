@@ -177,9 +177,15 @@ def _check_finite(pending, policy, ckpt):
       continue
     raise NonFiniteError(
         f"Step {step}: non-finite {what}. Nothing from this step was "
-        f"applied or saved; the last checkpoint (step {ckpt.latest_step()}) is untouched. "
+        f"applied or saved; {_last_checkpoint(ckpt, 'untouched')}. "
         "Lower config.optimizer.lr, set config.optimizer.grad_clip_norm, check the data, or "
         "set config.nonfinite='skip' to skip such steps (they are counted).")
+
+
+def _last_checkpoint(ckpt, kept: str) -> str:
+  step = ckpt.latest_step()
+  return ("no checkpoint was written yet" if step is None else
+          f"the last checkpoint (step {step}) is {kept}")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -281,8 +287,8 @@ def _train_and_evaluate(config, workdir, signals) -> dict:
       raise NonFiniteError(
           f"Step {step}: {int(ts['nonfinite_steps'])} steps were skipped as non-finite, more "
           f"than config.nonfinite_max_fraction={config.nonfinite_max_fraction} of the run's "
-          f"{total_steps} steps: the training diverges. The last checkpoint (step "
-          f"{ckpt.latest_step()}) is kept. Lower config.optimizer.lr, set "
+          f"{total_steps} steps: the training diverges; {_last_checkpoint(ckpt, 'kept')}. "
+          "Lower config.optimizer.lr, set "
           "config.optimizer.grad_clip_norm, check the data, or raise the fraction.")
     pending = [] if sync else pending[-1:]
     if log_now:

@@ -169,6 +169,10 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_
   assert _steps(str(tmp_path)) == [2]
   saved = _restore(str(tmp_path))
   assert all(np.isfinite(x).all() for x in saved.values())
+  c.checkpoint.every_steps = 0  # Only at the end: none yet at step 3.
+  with pytest.raises(train.NonFiniteError, match=r"Step 3: .* Nothing from this step was "
+                     r"applied or saved; no checkpoint was written yet\. Lower"):
+    train.train_and_evaluate(c, str(tmp_path / "early"))
 
 
 def test_nonfinite_steps_can_be_skipped_and_are_counted(tmp_path, monkeypatch):
