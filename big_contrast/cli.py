@@ -225,6 +225,18 @@ def parse_flags(argv):
 USER_ERRORS = (ValueError, OSError, train.WorkdirInUse, train.NonFiniteError)
 
 
+def run_tool(main):
+  """A tool's command line (tools/*.py): a config or flag it gets wrong ends the command with
+  its message on one line and exit code 1, as `big_contrast.main` does; BIG_CONTRAST_TRACEBACK=1
+  shows the traceback too."""
+  try:
+    main()
+  except USER_ERRORS as e:
+    if os.environ.get("BIG_CONTRAST_TRACEBACK"):
+      raise
+    sys.exit(f"FATAL {type(e).__name__}: {e}\n(BIG_CONTRAST_TRACEBACK=1 shows the traceback.)")
+
+
 def error_message(e: Exception, workdir: str) -> str:
   index = jax.process_index()
   prefix = f"process {index}: " if jax.process_count() > 1 else ""

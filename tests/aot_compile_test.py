@@ -113,3 +113,14 @@ def test_cli_prints_the_table_and_writes_json(tmp_path):
   # The blocks loop over 2 slices of each chip's 4 pairs: XLA's bytes see one slice.
   assert result["roofline"]["memory_term_lower_bound"]
   assert "memory term a lower bound" in out.stderr
+  # A flag or config it gets wrong: the message alone, exit 1, as big_contrast.main.
+  for flag, message in [("--topology=v3:2x2", "FATAL ValueError: --topology='v3:2x2': must be "
+                                              "GENERATION:SHAPE"),
+                        ("--set=optimizer.lrr=1", "FATAL ValueError: config.optimizer.lrr is "
+                                                  "not a config key")]:
+    bad = subprocess.run([sys.executable, "-m", "tools.aot_compile",
+                          "--config=configs/simclr_digits.py", "--topology=v5e:2x2", flag],
+                         cwd=ROOT, env=subprocess_env(1), text=True, capture_output=True,
+                         timeout=300)
+    assert bad.returncode == 1 and bad.stderr.startswith(message), bad.stderr[-3000:]
+    assert "Traceback" not in bad.stderr

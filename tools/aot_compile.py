@@ -276,4 +276,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from big_contrast import cli
+  cli.run_tool(main)

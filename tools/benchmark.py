@@ -295,4 +295,5 @@ def emit(result: dict, json_path: str | None, summary: str):
 
 
 if __name__ == "__main__":
-  main()
+  from big_contrast import cli
+  cli.run_tool(main)
