@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 
+from absl import logging
 import ml_collections
 
 from big_contrast import checkpoint
@@ -128,6 +129,7 @@ def check(config):
     raise ValueError("config.optimizer.name='lars' with config.model.scan_layers=True would "
                      "scale all layers of a scanned stack by one trust ratio; set "
                      "config.model.scan_layers=False, or use adamw or lion.")
+  _warn_unread(config)
 
 
 def _check_combinations(config):
@@ -153,13 +155,33 @@ def _check_combinations(config):
         "float16 either way).")
 
 
+def _backbone(config) -> tuple:
+  """(config key, section) of the run's image backbone."""
+  model = config.get("model", {})
+  if model.get("name") == "two_tower":
+    return "model.image", model.get("image", {})
+  return "model", model
+
+
 def _vits(config) -> list:
   """[(config key, section)] of the run's ViT image backbone, if it has one."""
-  model = config.get("model", {})
-  key = "model"
-  if model.get("name") == "two_tower":
-    model, key = model.get("image", {}), "model.image"
+  key, model = _backbone(config)
   return [(key, model)] if model.get("name") == "vit" else []
+
+
+def _warn_unread(config):
+  """A ViT's keys on a ResNet backbone are declared (the name may change) but read by
+  nothing: said, as they would otherwise be taken silently. A two-tower's image variant has
+  a default, so only the keys that default to None are looked at."""
+  key, model = _backbone(config)
+  if model.get("name") != "resnet":
+    return
+  unread = [k for k in ("variant", "heads", "pool", "posemb")
+            if model.get(k) is not None and not (key == "model.image" and k == "variant")]
+  if unread:
+    logging.warning("%s: read by a ViT only; config.%s.name='resnet' ignores %s.",
+                    ", ".join(f"config.{key}.{k}={model[k]!r}" for k in unread), key,
+                    "it" if len(unread) == 1 else "them")
 
 
 def crop_sizes(config) -> dict:

@@ -166,3 +166,15 @@ def test_a_config_json_written_before_declared_settings_still_resumes():
 def test_a_torn_config_json_is_named():
   with pytest.raises(ValueError, match=r"WORKDIR/config.json is not valid JSON"):
     run_config.check_resume('{"method": "sim', tiny_config(), "WORKDIR/config.json")
+
+
+def test_a_vits_keys_on_a_resnet_are_said_to_be_ignored(caplog):
+  import logging
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    run_config.check(tiny_config(**{"model.heads": 4, "model.pool": "gap"}))
+  assert ("config.model.heads=4, config.model.pool='gap': read by a ViT only; "
+          "config.model.name='resnet' ignores them.") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    run_config.check(tiny_config())
+  assert "read by a ViT only" not in caplog.text
