@@ -138,6 +138,20 @@ def check_rules(rules, mesh):
                        f"({missing[0]!r}, N) to config.mesh or drop the rule.")
 
 
+def _heads_hint(name, dim, size) -> str:
+  """Where dimension `dim` (of one block) of `name` counts attention heads, the key that
+  sets them: the usual cause of a tensor-parallel split that does not divide."""
+  if "MultiHeadDotProductAttention" not in name or name.endswith("/out/bias"):
+    return ""
+  # q/k/v kernels are [width, heads, head_dim], their biases [heads, head_dim]; the output
+  # kernel is [heads, head_dim, width].
+  heads = 1 if name.endswith("kernel") and "/out/" not in name else 0
+  if dim != heads:
+    return ""
+  tower = next((f"model.{t}" for t in ("image", "text") if f"/{t}/" in f"/{name}"), "model")
+  return f" (it counts attention heads: config.{tower}.heads must be a multiple of {size})"
+
+
 def _leaf_spec(name, shape, mesh, rules, min_size):
   """PartitionSpec of one leaf: every matching rule, in order, shards what is still free.
 
@@ -176,7 +190,8 @@ def _leaf_spec(name, shape, mesh, rules, min_size):
       if shape[i] % size:
         raise ValueError(f"config.sharding.rules: ({pattern!r}, {rule}) splits dimension "
                          f"{i} of {name} {shape} over {axes} ({size} devices), which does "
-                         "not divide it; change the mesh or the model size.")
+                         f"not divide it; change the mesh or the model size"
+                         f"{_heads_hint(name, i - layers, size)}.")
       spec[i] = axes[0] if len(axes) == 1 else axes
       used.update(axes)
   while spec and spec[-1] is None:  # P("fsdp", None) and P("fsdp") are one sharding.

@@ -98,6 +98,17 @@ def test_bad_rules_fail_with_the_fix(rules, mesh, message):
     sharding.param_shardings({"params": {"w": _leaf(6, 4)}}, sharding.make_mesh(mesh), rules, 0)
 
 
+def test_heads_that_tensor_parallelism_cannot_split_name_the_heads_key():
+  attention = {"MultiHeadDotProductAttention_0": {"key": {"kernel": _leaf(64, 1, 64),
+                                                          "bias": _leaf(1, 64)}}}
+  with pytest.raises(ValueError, match=r"splits dimension [01] of params/text/block0/"
+                     r".*/key/(kernel|bias) .* \(it counts attention heads: "
+                     r"config.model.text.heads must be a multiple of 2\)\."):
+    sharding.param_shardings({"params": {"text": {"block0": attention}}},
+                             sharding.make_mesh([("data", 4), ("tensor", 2)]),
+                             ["transformer_tp"], 0)
+
+
 def test_bad_rules_fail_before_compile_in_the_loop(tmp_path):
   with pytest.raises(ValueError, match="config.sharding.rules"):
     train.train_and_evaluate(tiny_config(**{"sharding.rules": ("fsdp",)}), str(tmp_path))
