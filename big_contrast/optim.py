@@ -54,13 +54,13 @@ def check_frozen(patterns, params):
 
 def param_labels(params, frozen, starts=()):
   """The optax.multi_transform group of every parameter (see `make`): "frozen" where a
-  `frozen` regex matches, else "from_step_<step>" where a `starts` one does, else "trained"."""
+  `frozen` regex matches, else "late_<i>" where the i-th of `starts` does, else "trained"."""
   def label(path, _):
     if is_frozen(path, frozen):
       return "frozen"
-    for pattern, start in starts:
+    for i, (pattern, start) in enumerate(starts):
       if start > 0 and re.fullmatch(pattern, sharding.path_name(path)):
-        return f"from_step_{start}"
+        return f"late_{i}"
     return "trained"
   return jax.tree_util.tree_map_with_path(label, params)
 
@@ -97,19 +97,23 @@ def make(cfg, batch_size: int, total_steps: int, warmup_steps: int, starts=()):
   state that moved would, for AdamW, give updates up to 3x too large after a long wait (bias
   correction for moments that are still zero)."""
   lr = schedule(cfg, batch_size, total_steps, warmup_steps)
-  groups = {"trained": _optimizer(cfg, lr)}
-  for pattern, start in starts:
-    if start > 0:  # Its own count starts at `start`: the lr is the run's at that step.
-      groups[f"from_step_{start}"] = optax.conditionally_mask(
-          _optimizer(cfg, lambda count, s=start: lr(count + s)),
-          lambda step, s=start: step >= s)
+  clip = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.get("grad_clip_norm") else []
+  late = {f"late_{i}": optax.conditionally_mask(
+      # Its own count starts at `start`: the lr is the run's at that step.
+      _optimizer(cfg, lambda count, s=start: lr(count + s)), lambda step, s=start: step >= s)
+          for i, (_, start) in enumerate(starts) if start > 0}
+  # Without late groups, clipping sits inside the trained group (the train state's layout of
+  # earlier versions: their checkpoints restore); frozen gradients are zero, so its norm is
+  # the global one. With them, it spans every group.
+  groups = {"trained": optax.chain(*clip, _optimizer(cfg, lr)) if clip and not late else
+                       _optimizer(cfg, lr), **late}
   if cfg.get("frozen"):  # Frozen parameters get zero updates and carry no optimizer state.
     groups["frozen"] = optax.set_to_zero()
-  tx = groups["trained"] if len(groups) == 1 else optax.multi_transform(
+  if len(groups) == 1:
+    return groups["trained"], lr
+  tx = optax.multi_transform(
       groups, lambda params: param_labels(params, cfg.get("frozen", ()), starts))
-  if cfg.get("grad_clip_norm"):  # The norm of every gradient together.
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
-  return tx, lr
+  return (optax.chain(*clip, tx) if late else tx), lr
 
 
 def _optimizer(cfg, lr):

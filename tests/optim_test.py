@@ -103,4 +103,4 @@ def test_a_parameter_that_starts_late_trains_as_if_its_optimizer_started_then(cl
   np.testing.assert_allclose(updates["protos"], -float(lr(40)), rtol=1e-4)
   assert np.all(updates["w"] < 0)  # Trained all along.
   labels = optim.param_labels(params, (), (("protos", 40),))
-  assert labels == {"protos": "from_step_40", "w": "trained"}
+  assert labels == {"protos": "late_0", "w": "trained"}
