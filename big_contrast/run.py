@@ -224,6 +224,12 @@ def setup(config, devices=None, train_size: int | None = None, tokenizer=None) -
   grad_cache.check(config, method, mesh)
   check_block_chunks(config, mesh)
   warmup_steps = int(round(config.optimizer.get("warmup_epochs", 0) * sched.steps_per_epoch))
+  if warmup_steps >= sched.total_steps > 1:
+    logging.warning(
+        "config.optimizer.warmup_epochs=%g is %d steps, and the run has %d: the learning rate "
+        "warms up over the whole run, reaching its peak at the last step, and never decays. "
+        "Lower config.optimizer.warmup_epochs for a short run.",
+        config.optimizer.warmup_epochs, warmup_steps, sched.total_steps)
   tx, lr_fn = optim.make(config.optimizer, config.batch_size, sched.total_steps, warmup_steps,
                          method.param_starts())
 

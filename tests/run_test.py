@@ -17,7 +17,9 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 def test_train_state_layout_of_every_digits_recipe_is_unchanged():
   """Paths, shapes and dtypes of each digits recipe's (tiny) train state, recorded with the
-  code before settings were declared per module: its checkpoints must still restore."""
+  code before settings were declared per module: its checkpoints must still restore. (SwAV's
+  optimizer state was recorded again when its prototypes got their own, which starts when
+  they unfreeze.)"""
   with open(os.path.join(DATA, "train_state_layouts.json")) as f:
     recorded = json.load(f)
   for recipe, layout in recorded.items():
@@ -78,3 +80,12 @@ def test_a_method_declares_its_data_and_export():
   assert kinds["clip"] == kinds["siglip"] == ("image-text", "two_tower")
   assert all(kinds[m] == ("image", "encoder")
              for m in ("simclr", "moco", "swav", "poly_view", "nnclr"))
+
+
+def test_a_run_shorter_than_its_warmup_is_warned_about(caplog):
+  import logging
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    run_lib.setup(tiny_config(total_steps=4, **{"optimizer.warmup_epochs": 2.0}),
+                  train_size=1200)
+  assert "config.optimizer.warmup_epochs=2 is" in caplog.text
+  assert "and the run has 4: the learning rate warms up over the whole run" in caplog.text
