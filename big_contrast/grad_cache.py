@@ -62,9 +62,13 @@ def merge(tree, mesh):
 
 
 def _mean_state(states):
-  """One state from K micro-batch updates: floats averaged, anything else the last one."""
+  """One state from K micro-batch updates: floats averaged, anything else the last one.
+  The mean is taken of the differences from the first: K equal copies (a locked tower's
+  statistics, which train=False leaves alone) average to exactly that value, which a plain
+  mean rounds off for K not a power of two."""
   return jax.tree.map(
-      lambda s: s.mean(0) if jnp.issubdtype(s.dtype, jnp.floating) else s[-1], states)
+      lambda s: s[0] + (s - s[0]).mean(0) if jnp.issubdtype(s.dtype, jnp.floating) else s[-1],
+      states)
 
 
 def value_and_grad(method, params, state, batch, rng, k: int, mesh, frozen=()):

@@ -89,6 +89,19 @@ def test_batchnorm_is_per_micro_batch_and_running_means_are_averaged():
   assert 0 < float(jnp.max(jnp.abs(deep(got) - deep(want)))) < 0.1
 
 
+@pytest.mark.parametrize("k", [3, 5, 6, 7])
+def test_a_state_no_micro_batch_changes_stays_bit_identical(k):
+  """A locked tower's BatchNorm statistics come back unchanged from each micro-batch: their
+  average must be that very value (a plain mean of K copies rounds it for these K)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1000,), jnp.float32)
+  same = {"stats": jnp.stack([x] * k), "count": jnp.arange(k)}
+  out = grad_cache._mean_state(same)
+  np.testing.assert_array_equal(out["stats"], x)
+  assert int(out["count"]) == k - 1
+  differ = jnp.stack([x * (i + 1) for i in range(k)])
+  np.testing.assert_allclose(grad_cache._mean_state(differ), x * (k + 1) / 2, rtol=1e-6)
+
+
 def test_compiled_memory_shrinks_with_micro_batches():
   """The step's temporary memory (XLA's compiled memory analysis) is about 1/K."""
   temp = {}
