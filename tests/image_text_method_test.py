@@ -74,3 +74,19 @@ def test_ring_needs_siglip_and_the_runs_mesh():
                           (x, x), {})
 
 
+
+
+def test_clip_clips_its_logit_scale_at_max_scale_as_open_clip():
+  method = run_lib.build_method(tiny_config("clip_digits"), SCHEDULE)
+  params, state = method.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3), jnp.uint8))
+  for t, want in [(np.log(1000.0), 100.0), (-1.0, 1.0), (np.log(50.0), 50.0)]:
+    new, _ = method.after_update({**params, "t": jnp.float32(t)}, state, 0)
+    np.testing.assert_allclose(float(jnp.exp(new["t"])), want, rtol=1e-6)
+  unclipped = run_lib.build_method(tiny_config("clip_digits", **{"loss.max_scale": 0}),
+                                   SCHEDULE)
+  new, _ = unclipped.after_update({**params, "t": jnp.float32(np.log(1000.0))}, state, 0)
+  np.testing.assert_allclose(float(jnp.exp(new["t"])), 1000.0, rtol=1e-6)
+  with pytest.raises(ValueError, match=r"config.model.temperature_init=1000: CLIP's logit "
+                     r"scale starts within \[1, config.loss.max_scale=100\]"):
+    run_lib.build_method(tiny_config("clip_digits", **{"model.temperature_init": 1000.0}),
+                         SCHEDULE)

@@ -40,7 +40,8 @@ def test_defaults_hold_each_methods_own_sections():
   assert "swav" in sections["swav"] and "multicrop" in sections["swav"]
   assert "multicrop" not in sections["moco"] and "multicrop" not in sections["nnclr"]
   assert "text" in sections["clip"] and "text" not in sections["simclr"]
-  assert "loss" not in sections["clip"] and run_config.defaults("siglip").loss.impl == "full"
+  assert run_config.defaults("clip").loss.to_dict() == {"max_scale": 100.0}
+  assert run_config.defaults("siglip").loss.impl == "full"
   assert set(run_config.defaults("poly_view").loss) == {"temperature", "objective"}
   assert set(run_config.defaults("simclr").eval) == {
       "every_steps", "at_start", "batch_size", "evaluators", "knn", "linear_probe",

@@ -14,6 +14,8 @@ from a checkpoint of this project (big_contrast/init_from.py).
 Batches carry "image" (uint8) and "text" (token ids of `config.text.tokenizer`,
 made on the host by the input pipeline; the run passes the same tokenizer in).
 """
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -103,7 +105,29 @@ class ImageText(base.EmbeddingMethod):
 
 @base.register("clip")
 class CLIP(ImageText):
-  """Softmax CLIP (Radford et al. 2021, arXiv:2103.00020)."""
+  """Softmax CLIP (Radford et al. 2021, arXiv:2103.00020). The logit scale t is clipped to
+  `config.loss.max_scale` (100, the paper's "to prevent scaling the logits by more than
+  100", as open_clip does after each step; 0: no limit)."""
+
+  @classmethod
+  def settings(cls):
+    return dict(super().settings(), loss=dict(max_scale=settings.number(100.0, low=0)))
+
+  def __init__(self, config, schedule, mesh=None, tokenizer=None):
+    super().__init__(config, schedule, mesh, tokenizer)
+    limit, init = config.loss.get("max_scale", 100.0), config.model.temperature_init
+    if limit and not 1 <= init <= limit:
+      raise ValueError(f"config.model.temperature_init={init:g}: CLIP's logit scale starts "
+                       f"within [1, config.loss.max_scale={limit:g}]; it is clipped to that "
+                       "range after every step.")
+
+  def after_update(self, params, state, step):
+    limit = self.config.loss.get("max_scale", 100.0)
+    if not limit:
+      return params, state
+    # t' = log t in [0, log max_scale], as open_clip clamps its logit_scale.
+    return {**params, "t": jnp.clip(params["t"], 0.0, math.log(limit)).astype(
+        params["t"].dtype)}, state
 
   def embedding_loss(self, params, embeddings, batch):
     x, y = embeddings
